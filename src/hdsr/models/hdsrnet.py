@@ -1,0 +1,197 @@
+"""HDSRNet (Tian et al., arXiv 2402.15704) and its Table I ablation variants.
+
+    I_S = CB( HUNet(I_L) * SLNet(I_L) )
+
+Every variant is a configuration of the same parts: the layers inside each heterogeneous
+block, whether the blocks are residual, and which lower net (if any) multiplies the upper
+net's output. Images are RGB tensors ``(B, 3, H, W)`` on a 0..255 scale; the output is
+``(B, 3, s*H, s*W)`` on the same scale (not clipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hdsr.models.layers import ConvReLU, DynamicConv2d, MeanShift, conv3x3
+
+SCALES = (2, 3, 4)
+LAYER_KINDS = ("conv", "dilated", "dynamic")
+LOWER_KINDS = ("symmetric", "plain", None)
+
+
+def check_scale(scale: int) -> int:
+    """Return ``scale`` if HDSRNet supports it, else raise ``ValueError``."""
+    if isinstance(scale, bool) or scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return int(scale)
+
+
+def make_layer(kind: str, n_feats: int, temperature: float = 40.0) -> ConvReLU:
+    """One ``kind`` layer followed by ReLU: 'conv' (CR), 'dilated' (DiCR), 'dynamic' (DyCR)."""
+    if kind == "conv":
+        return ConvReLU(conv3x3(n_feats, n_feats))
+    if kind == "dilated":
+        return ConvReLU(conv3x3(n_feats, n_feats, dilation=2))
+    if kind == "dynamic":
+        return ConvReLU(DynamicConv2d(n_feats, temperature=temperature))
+    raise ValueError(f"unknown layer kind {kind!r}; expected one of {LAYER_KINDS}")
+
+
+class HeterogeneousBlock(nn.Module):
+    """``body(x) + x`` (or ``body(x)`` when ``residual`` is False); body = the given layers."""
+
+    def __init__(
+        self, layers: Sequence[str], n_feats: int, residual: bool = True, temperature: float = 40.0
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("a heterogeneous block needs at least one layer")
+        self.residual = residual
+        self.body = nn.Sequential(*(make_layer(k, n_feats, temperature) for k in layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return y + x if self.residual else y
+
+
+class UpperNet(nn.Module):
+    """HUNet: Conv+ReLU (3 -> n_feats) then ``n_blocks`` heterogeneous blocks.
+
+    The released HUNet uses blocks of (dilated, dynamic, conv) with residuals.
+    """
+
+    def __init__(
+        self,
+        n_feats: int = 64,
+        n_blocks: int = 5,
+        block: Sequence[str] = ("dilated", "dynamic", "conv"),
+        residual: bool = True,
+        temperature: float = 40.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.head = ConvReLU(conv3x3(in_channels, n_feats))
+        self.blocks = nn.Sequential(
+            *(HeterogeneousBlock(block, n_feats, residual, temperature) for _ in range(n_blocks))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.head(x))
+
+
+class LowerNet(nn.Module):
+    """SLNet: ``n_layers`` Conv+ReLU layers (the first 3 -> n_feats).
+
+    With ``symmetric=True`` (Eq. 4 of the paper), layers 1..n/2 chain plainly; for the
+    second half, layer i passes on ``O_i + O_(n+1-i)``, so the output is ``O_n + O_1``.
+    With ``symmetric=False`` it is a plain chain of Conv+ReLU layers.
+    """
+
+    def __init__(
+        self, n_feats: int = 64, n_layers: int = 16, symmetric: bool = True, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        if symmetric and n_layers % 2:
+            raise ValueError(
+                f"a symmetric lower net needs an even number of layers, got {n_layers}"
+            )
+        self.symmetric = symmetric
+        self.layers = nn.ModuleList(
+            ConvReLU(conv3x3(in_channels if i == 0 else n_feats, n_feats)) for i in range(n_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.symmetric:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        half = len(self.layers) // 2
+        outs = []
+        for layer in self.layers[:half]:
+            x = layer(x)
+            outs.append(x)
+        for layer in self.layers[half:]:
+            x = layer(x) + outs.pop()
+        return x
+
+
+class Upsampler(nn.Sequential):
+    """Sub-pixel upsampler: (Conv 3x3 with bias -> PixelShuffle(2)) x log2(s), or x3 once."""
+
+    def __init__(self, scale: int, n_feats: int = 64) -> None:
+        scale = check_scale(scale)
+        factors = [2, 2] if scale == 4 else [scale]
+        layers: list[nn.Module] = []
+        for f in factors:
+            layers += [conv3x3(n_feats, f * f * n_feats, bias=True), nn.PixelShuffle(f)]
+        super().__init__(*layers)
+
+
+class ConstructionBlock(nn.Module):
+    """CB: sub-pixel upsampler, then Conv 3x3 (n_feats -> 3, no bias) at the HR size."""
+
+    def __init__(self, scale: int, n_feats: int = 64, out_channels: int = 3) -> None:
+        super().__init__()
+        self.upsample = Upsampler(scale, n_feats)
+        self.conv = conv3x3(n_feats, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.upsample(x))
+
+
+class HDSRNet(nn.Module):
+    """Heterogeneous dynamic convolutional network for single-image super-resolution.
+
+    Args:
+        scale: upscaling factor, 2, 3 or 4.
+        n_feats: feature channels (64).
+        n_blocks: heterogeneous blocks in the upper net (5).
+        block: layer kinds of each block, from 'conv', 'dilated', 'dynamic'.
+        block_residual: residual connection around each block.
+        lower: 'symmetric' (SLNet), 'plain' (16 chained Conv+ReLU) or None (no lower net:
+            the upper net's output goes straight into the construction block).
+        lower_layers: layers in the lower net (16).
+        temperature: dynamic-conv softmax temperature (40).
+        rgb_range: pixel value range of inputs and outputs (255).
+
+    Input ``(B, 3, H, W)``, output ``(B, 3, scale*H, scale*W)``, both on 0..rgb_range.
+    """
+
+    def __init__(
+        self,
+        scale: int = 2,
+        n_feats: int = 64,
+        n_blocks: int = 5,
+        block: Sequence[str] = ("dilated", "dynamic", "conv"),
+        block_residual: bool = True,
+        lower: str | None = "symmetric",
+        lower_layers: int = 16,
+        temperature: float = 40.0,
+        rgb_range: float = 255.0,
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        if lower not in LOWER_KINDS:
+            raise ValueError(f"lower must be one of {LOWER_KINDS}, got {lower!r}")
+        self.sub_mean = MeanShift(-1, rgb_range)
+        self.upper = UpperNet(n_feats, n_blocks, tuple(block), block_residual, temperature)
+        self.lower = (
+            LowerNet(n_feats, lower_layers, symmetric=lower == "symmetric") if lower else None
+        )
+        self.tail = ConstructionBlock(self.scale, n_feats)
+        self.add_mean = MeanShift(+1, rgb_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.sub_mean(x)
+        feats = self.upper(x)
+        if self.lower is not None:
+            feats = feats * self.lower(x)
+        return self.add_mean(self.tail(feats))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,216 @@
+"""The network: parameter counts, shapes, numerics, dynamic conv and the official loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from conftest import MODEL_OPTIONS
+from hdsr.models import DynamicConv2d, HDSRNet, count_parameters, load_official
+from hdsr.models.official import hdsr_to_official_key
+from official_reference import RefHDSRNet
+
+# Trainable parameters of the authors' released models (SPEC section 1).
+OFFICIAL_PARAMS = {2: 1_818_496, 3: 2_003_136, 4: 1_966_208}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_parameter_counts_equal_the_released_models(scale):
+    model = HDSRNet(scale)
+    assert count_parameters(model) == OFFICIAL_PARAMS[scale]
+    # the mean shifts are frozen buffers, not parameters
+    assert count_parameters(model, trainable_only=False) == OFFICIAL_PARAMS[scale]
+    assert {"sub_mean.weight", "add_mean.bias"} <= set(model.state_dict())
+
+
+def test_reference_model_has_the_released_parameter_count():
+    for scale, n in OFFICIAL_PARAMS.items():
+        ref = RefHDSRNet(scale)
+        assert sum(p.numel() for p in ref.parameters() if p.requires_grad) == n
+
+
+def test_variants_are_configurations_with_expected_structure(model_configs):
+    nets = {opt: instantiate(cfg.net) for (opt, s), cfg in model_configs.items() if s == 4}
+    assert len(nets) == 10  # hdsrnet + nine Table I rows
+    full = count_parameters(nets["hdsrnet"])
+    assert count_parameters(nets["ablation/r9_hdsrnet"]) == full
+    assert count_parameters(nets["ablation/r8_plain_lower"]) == full
+    # row 1: six stacked Conv+ReLU (3->64 then five 64->64), no residual, no lower net
+    r1 = nets["ablation/r1_six_conv"]
+    assert r1.lower is None and not r1.upper.blocks[0].residual
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in r1.upper.modules()) == 6
+    # row 2 has the same parameters as row 1 but residual blocks
+    assert count_parameters(nets["ablation/r2_residual_conv"]) == count_parameters(r1)
+    assert nets["ablation/r2_residual_conv"].upper.blocks[0].residual
+    kinds = {
+        "ablation/r3_no_dynamic": ("dilated", "conv"),
+        "ablation/r4_no_dilated": ("dynamic", "conv"),
+        "ablation/r5_conv_for_dilated": ("conv", "dynamic", "conv"),
+        "ablation/r6_conv_for_dynamic": ("dilated", "conv", "conv"),
+        "ablation/r7_upper_only": ("dilated", "dynamic", "conv"),
+    }
+    for opt, expected in kinds.items():
+        layers = [m.conv for m in nets[opt].upper.blocks[0].body]
+        got = tuple(
+            "dynamic"
+            if isinstance(c, DynamicConv2d)
+            else "dilated"
+            if c.dilation == (2, 2)
+            else "conv"
+            for c in layers
+        )
+        assert got == expected, opt
+        assert nets[opt].lower is None, opt
+    assert nets["ablation/r8_plain_lower"].lower.symmetric is False
+    assert nets["hdsrnet"].lower.symmetric is True
+
+
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_every_variant_and_scale_trains_one_step_without_nan(model_configs, option, scale):
+    torch.manual_seed(0)
+    net = instantiate(model_configs[(option, scale)].net)
+    lr = torch.rand(2, 3, 6, 5) * 255
+    hr = torch.rand(2, 3, 6 * scale, 5 * scale) * 255
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    out = net(lr)
+    assert out.shape == (2, 3, 6 * scale, 5 * scale)
+    assert torch.isfinite(out).all()
+    loss = F.l1_loss(out, hr)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert torch.isfinite(net(lr)).all()
+
+
+def _official_state(scale: int, seed: int = 0) -> tuple[RefHDSRNet, dict]:
+    torch.manual_seed(seed)
+    ref = RefHDSRNet(scale).eval()
+    with torch.no_grad():  # spread the attention logits so the kernels really mix
+        for m in ref.modules():
+            if hasattr(m, "t") and hasattr(m, "net"):
+                m.net[2].weight.mul_(200.0)
+    return ref, ref.state_dict()
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_load_official_matches_the_authors_formulation(scale):
+    ref, state = _official_state(scale)
+    model = load_official(state, scale)
+    assert not model.training
+    x = torch.rand(3, 3, 11, 9) * 255
+    with torch.no_grad():
+        expected = ref(x)
+        got = model(x)
+    rel = (got - expected).abs().max() / expected.abs().max()
+    assert rel < 1e-5
+    # and channels_last, batch > 1 (the released view-based dynamic conv cannot do this)
+    with torch.no_grad():
+        got_cl = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last)
+        )
+    assert ((got_cl - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_load_official_accepts_model_prefix_and_a_file(tmp_path):
+    ref, state = _official_state(2, seed=1)
+    prefixed = {f"model.{k}": v for k, v in state.items()}
+    path = tmp_path / "HDSRNet_x2.pt"
+    torch.save(prefixed, path)
+    model = load_official(path, 2)
+    x = torch.rand(1, 3, 8, 8) * 255
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), rtol=1e-5, atol=1e-3)
+
+
+def test_load_official_is_strict_and_names_the_key():
+    _, state = _official_state(2)
+    missing = dict(state)
+    del missing["Block.conv9.0.attention.net.2.weight"]
+    with pytest.raises(KeyError, match=r"Block\.conv9\.0\.attention\.net\.2\.weight"):
+        load_official(missing, 2)
+    extra = dict(state, **{"conv18.0.weight": torch.zeros(3)})
+    with pytest.raises(KeyError, match=r"conv18\.0\.weight"):
+        load_official(extra, 2)
+    _, state4 = _official_state(4)
+    with pytest.raises(KeyError, match=r"upsample\.up\.body\.2\.weight"):
+        load_official(state4, 2)  # an x4 checkpoint has a second upsampler stage
+    _, state3 = _official_state(3)
+    with pytest.raises(ValueError, match=r"upsample\.up\.body\.0\.weight"):
+        load_official(state3, 2)  # same keys, x3 shapes
+
+
+def test_official_key_names_cover_the_model():
+    names = [hdsr_to_official_key(k) for k in HDSRNet(4).state_dict()]
+    assert "Block.conv15.0.attention.net.0.weight" in names
+    assert "conv17.0.weight" in names and "upsample.up.body.2.bias" in names
+    assert len(set(names)) == len(names) == 56
+
+
+def _dynamic_conv_per_sample(dc: DynamicConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Reference: aggregate each sample's kernel explicitly and convolve it alone."""
+    attn = dc.attention_weights(x)
+    outs = []
+    for i in range(x.shape[0]):
+        w = (attn[i].view(-1, 1, 1, 1, 1) * dc.kernels).sum(0)
+        b = (attn[i].view(-1, 1) * dc.bias).sum(0)
+        outs.append(F.conv2d(x[i : i + 1], w, b, padding=1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dynamic_conv_any_batch_mode_and_memory_format(batch, train, channels_last):
+    torch.manual_seed(batch)
+    dc = DynamicConv2d(8, num_kernels=4, reduction=4, temperature=0.5)
+    torch.nn.init.normal_(dc.bias)
+    dc.train(train)
+    x = torch.randn(batch, 8, 7, 6)
+    expected = _dynamic_conv_per_sample(dc, x)
+    if channels_last:
+        dc = dc.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = dc(x)
+    assert out.shape == (batch, 8, 7, 6)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert dc.weight.grad is not None and torch.isfinite(dc.weight.grad).all()
+
+
+def test_dynamic_conv_temperature():
+    dc = DynamicConv2d(8, temperature=40.0)
+    assert dc.temperature == 40.0 == HDSRNet(2).upper.blocks[0].body[1].conv.temperature
+    assert HDSRNet(2, temperature=7.0).upper.blocks[0].body[1].conv.temperature == 7.0
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        dc.attention[2].weight.normal_(0, 10.0)
+    hot = dc.attention_weights(x)
+    dc.temperature = 1.0
+    sharp = dc.attention_weights(x)
+    assert torch.allclose(hot.sum(1), torch.ones(2)) and torch.allclose(sharp.sum(1), torch.ones(2))
+    assert (hot.max(1).values < sharp.max(1).values).all()  # higher T, flatter attention
+    with pytest.raises(ValueError, match="temperature"):
+        DynamicConv2d(8, temperature=0)
+
+
+def test_lower_net_symmetric_pairing_matches_eq4():
+    ref, state = _official_state(2, seed=3)
+    model = load_official(state, 2)
+    x = torch.rand(2, 3, 9, 9) * 255 - 110
+    with torch.no_grad():
+        torch.testing.assert_close(model.lower(x), ref.lower(x), rtol=1e-5, atol=1e-3)
+        ref.symmetric = False
+        model.lower.symmetric = False
+        torch.testing.assert_close(model.lower(x), ref.lower(x), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [1, 5, 8, True])
+def test_bad_scale_is_an_error(bad):
+    with pytest.raises(ValueError, match="scale"):
+        HDSRNet(bad)
