@@ -1,0 +1,41 @@
+# hdsr: `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install dev demo test test-fast lint wheel clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/activate  ## create .venv and install hdsr with torch ($(TORCH))
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+
+dev: $(BIN)/activate  ## install hdsr and the test tools
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+
+demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes on a CPU)
+	$(BIN)/hdsr-train
+
+test: dev  ## install what tests need and run the whole suite (slow tests included)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest
+
+test-fast: dev  ## the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: dev  ## ruff
+	$(BIN)/ruff check src tests
+
+wheel: dev  ## build the wheel into dist/
+	$(BIN)/python -m build --wheel --outdir dist .
+
+clean:  ## remove build outputs and runs/ (keeps .venv)
+	rm -rf build dist src/*.egg-info runs .pytest_cache

@@ -1,0 +1,130 @@
+"""Console entry points. ``hdsr-train`` = Hydra app + group-pattern expansion.
+
+Hydra cannot sweep a nested config group as users type it (``-m model=ablation/*``): it
+looks for an option literally named ``ablation/*``. Before Hydra sees the command line,
+``key=sub/pattern`` arguments whose value holds a glob are expanded into Hydra's explicit
+list (``model=ablation/a,ablation/b,...``) using Hydra's own config loader, so the same
+search path that composes the config also lists the options.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Sequence
+
+GLOB_CHARS = "*?["
+#: config groups of the primary config (the left side of group overrides)
+_HYDRA_FLAGS_WITH_VALUE = {
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--info",
+    "-i",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
+
+
+class UsageError(SystemExit):
+    """Exit with status 2 and a message on stderr, like argparse."""
+
+    def __init__(self, message: str) -> None:
+        print(f"hdsr-train: error: {message}", file=sys.stderr)
+        super().__init__(2)
+
+
+def _overrides(argv: Sequence[str]) -> list[tuple[int, str]]:
+    """(position, text) of the ``key=value`` overrides in ``argv`` (flags skipped)."""
+    out = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in _HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+            continue
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        out.append((i, arg))
+    return out
+
+
+def _key(override: str) -> str:
+    key = override.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+def group_options(group: str, config_module: str) -> list[str]:
+    """Options of config group ``group`` (e.g. ``model/ablation``), through Hydra's loader."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module(config_module=config_module, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options(group))
+
+
+def expand_group_patterns(argv: Sequence[str], config_module: str) -> list[str]:
+    """Expand ``group=sub/pattern`` overrides into explicit comma lists; reject repeats.
+
+    Raises ``UsageError`` when a pattern matches no option, when a pattern expands to
+    several options without ``-m``/``--multirun``, or when a key is given twice (which
+    Hydra would silently resolve to the last one, e.g. after the shell expanded a glob).
+    """
+    argv = list(argv)
+    overrides = _overrides(argv)
+    seen: dict[str, str] = {}
+    for _, text in overrides:
+        key = _key(text)
+        if key in seen:
+            raise UsageError(
+                f"'{key}' is given twice ({seen[key]!r} and {text!r}); Hydra would keep only "
+                f"the last. To sweep several values use -m {key}=a,b (if a shell glob "
+                f"expanded your pattern, quote it)."
+            )
+        seen[key] = text
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for pos, text in overrides:
+        key, value = text.split("=", 1)
+        if not any(c in value for c in GLOB_CHARS) or "(" in value:
+            continue
+        group_key = key.lstrip("+~")
+        if "." in group_key:  # a value override, not a config group
+            continue
+        expanded: list[str] = []
+        for part in value.split(","):
+            if not any(c in part for c in GLOB_CHARS):
+                expanded.append(part)
+                continue
+            sub, _, pattern = part.rpartition("/")
+            group = f"{group_key}/{sub}" if sub else group_key
+            options = group_options(group, config_module)
+            matched = [o for o in options if fnmatch.fnmatchcase(o, pattern)]
+            if not matched:
+                available = ", ".join(f"{sub + '/' if sub else ''}{o}" for o in options) or "none"
+                raise UsageError(
+                    f"'{text}' matches no option of config group '{group}' (available: {available})"
+                )
+            expanded += [f"{sub}/{o}" if sub else o for o in matched]
+        if len(expanded) > 1 and not multirun:
+            raise UsageError(
+                f"'{text}' expands to {len(expanded)} options; add -m to sweep over them"
+            )
+        argv[pos] = f"{key}={','.join(expanded)}"
+    return argv
+
+
+def train_main() -> None:
+    """Entry point of ``hdsr-train``."""
+    from hdsr.train import CONFIG_MODULE
+
+    sys.argv[1:] = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    from hdsr.train import hydra_main
+
+    hydra_main()

@@ -1,0 +1,103 @@
+"""LightningDataModule: random training patches and whole-image validation sets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from hdsr.data.datasets import PatchSampler, TrainPatches, WholeImages
+from hdsr.data.pairs import ImagePair
+from hdsr.models.hdsrnet import check_scale
+
+
+class PairSource(Protocol):
+    """Anything that yields the (LR, HR) pairs of a set at a scale."""
+
+    def load(self, scale: int) -> list[ImagePair]: ...
+
+
+class SRDataModule(L.LightningDataModule):
+    """Training patches from ``train`` and one whole-image validation loader per ``val_sets``.
+
+    Args:
+        scale: 2, 3 or 4.
+        train: source of training pairs.
+        val_sets: ``{set name: source}``; metrics are logged per set name.
+        patch_size: HR patch size (the LR patch is ``patch_size // scale``).
+        batch_size: training batch size.
+        patches_per_epoch: training patches in one epoch.
+        num_workers: data-loader workers for training.
+        flips: random horizontal/vertical flips and transpose.
+        seed: seed of the patch order.
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        train: PairSource,
+        val_sets: Mapping[str, PairSource],
+        patch_size: int = 128,
+        batch_size: int = 16,
+        patches_per_epoch: int = 16000,
+        num_workers: int = 0,
+        flips: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        self.train_source = train
+        self.val_sources = dict(val_sets)
+        if not self.val_sources:
+            raise ValueError("data.val_sets is empty: name at least one validation set")
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.patches_per_epoch = patches_per_epoch
+        self.num_workers = num_workers
+        self.flips = flips
+        self.seed = seed
+        self.train_set: TrainPatches | None = None
+        self.val_pairs: dict[str, list[ImagePair]] = {}
+
+    @property
+    def val_set_names(self) -> list[str]:
+        return list(self.val_sources)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = TrainPatches(
+                self.train_source.load(self.scale),
+                self.scale,
+                self.patch_size,
+                self.patches_per_epoch,
+                seed=self.seed,
+                flips=self.flips,
+            )
+        if stage in (None, "fit", "validate") and not self.val_pairs:
+            self.val_pairs = {n: src.load(self.scale) for n, src in self.val_sources.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=PatchSampler(len(self.train_set)),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=True,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(WholeImages(pairs, name), batch_size=1, collate_fn=_collate_one)
+            for name, pairs in self.val_pairs.items()
+        ]
+
+
+def _collate_one(items: list[dict]) -> dict:
+    """Batch of one whole image: lr gets a batch dim; hr and name stay as they are."""
+    (item,) = items
+    return {"lr": item["lr"].unsqueeze(0), "hr": item["hr"], "name": item["name"]}

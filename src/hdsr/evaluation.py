@@ -1,0 +1,72 @@
+"""Paper-protocol scores of sets of images, and the final table of a training run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hdsr.data.imresize import imresize
+from hdsr.data.pairs import ImagePair
+from hdsr.metrics import psnr_y, ssim_y
+
+
+def bicubic_scores(
+    sets: Mapping[str, Sequence[ImagePair]], scale: int
+) -> dict[str, tuple[float, float]]:
+    """Mean (PSNR, SSIM) on Y of MATLAB-bicubic upsampling of each set's LR images.
+
+    Each image's score is computed on its own and the scores are averaged over the set.
+    """
+    out = {}
+    for name, pairs in sets.items():
+        scores = []
+        for p in pairs:
+            sr = imresize(p.lr, scale)
+            hr = p.hr
+            if hr.ndim == 2 and sr.ndim == 3:  # gray HR: LR is a 3-channel copy
+                sr = sr[..., 0]
+            scores.append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
+        arr = np.asarray(scores, dtype=np.float64)
+        out[name] = (float(arr[:, 0].mean()), float(arr[:, 1].mean()))
+    return out
+
+
+def final_table(cfg: Any, result: Mapping[str, Any]) -> None:
+    """Print the run's validation PSNR/SSIM beside bicubic, then where its outputs are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    sets = list(result["bicubic"])
+    table = Table(title=f"Validation x{cfg.data.scale} (Y channel, shave {cfg.data.scale}px)")
+    table.add_column("method")
+    for s in sets:
+        table.add_column(f"{s} PSNR (dB)", justify="right")
+        table.add_column(f"{s} SSIM", justify="right")
+    row = [cfg.model.name]
+    for s in sets:
+        p = result["metrics"].get(f"val/psnr_y/{s}")
+        q = result["metrics"].get(f"val/ssim_y/{s}")
+        row += [f"{p:.2f}" if p is not None else "-", f"{q:.4f}" if q is not None else "-"]
+    table.add_row(*row)
+    bicubic = []
+    for s in sets:
+        psnr, ssim = result["bicubic"][s]
+        bicubic += [f"{psnr:.2f}", f"{ssim:.4f}"]
+    table.add_row("bicubic", *bicubic)
+    console = Console()
+    console.print(table)
+    console.print(f"run directory : {result['run_dir']}")
+    console.print(f"checkpoint    : {result['checkpoint']}")
+    if result.get("best_checkpoint"):
+        console.print(f"best          : {result['best_checkpoint']}")
+    console.print(f"CSV metrics   : {result['run_dir']}/csv/metrics.csv")
+    if result.get("wandb_dir"):
+        run_path = str(result["wandb_dir"]).removesuffix("/files")
+        hint = (
+            f"  (offline: upload with `wandb sync {run_path}`)"
+            if result.get("wandb_offline")
+            else ""
+        )
+        console.print(f"W&B run       : {run_path}{hint}")

@@ -1,0 +1,87 @@
+"""LightningModule: L1 training of an SR network and paper-protocol validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hdsr.metrics import psnr_y, ssim_y
+from hdsr.models.hdsrnet import count_parameters
+
+
+def to_uint8_image(sr: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) float on 0..255 -> uint8 (H, W, 3): rounded and clipped, as evaluated."""
+    return sr[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+
+
+class SRModule(L.LightningModule):
+    """Trains ``net`` with L1 loss and Adam; validates with Y-channel PSNR/SSIM.
+
+    Args:
+        net: the SR network, mapping (B, 3, h, w) -> (B, 3, s*h, s*w) on 0..255.
+        scale: its upscaling factor (also the border shaved by the metrics).
+        lr: Adam learning rate.
+        betas, eps: Adam parameters.
+        lr_step: halve (multiply by ``lr_gamma``) the learning rate every ``lr_step`` steps.
+        lr_gamma: the factor applied every ``lr_step`` steps.
+        val_set_names: names of the validation loaders, in order (for metric keys).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        scale: int,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        lr_step: int = 300_000,
+        lr_gamma: float = 0.5,
+        val_set_names: Sequence[str] = ("val",),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.scale = scale
+        self.val_set_names = list(val_set_names)
+        self._val_scores: dict[str, list[tuple[float, float]]] = {}
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.net(lr)
+
+    def on_fit_start(self) -> None:
+        params = count_parameters(self.net)
+        for logger in self.loggers:
+            logger.log_metrics({"model/params": float(params)}, step=self.global_step)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = F.l1_loss(self.net(batch["lr"]), batch["hr"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores = {name: [] for name in self.val_set_names}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        sr = to_uint8_image(self.net(batch["lr"])).numpy()
+        hr = batch["hr"].cpu().numpy()
+        name = self.val_set_names[dataloader_idx]
+        self._val_scores[name].append((psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale)))
+
+    def on_validation_epoch_end(self) -> None:
+        for name, scores in self._val_scores.items():
+            if not scores:
+                continue
+            psnr = sum(s[0] for s in scores) / len(scores)
+            ssim = sum(s[1] for s in scores) / len(scores)
+            self.log(f"val/psnr_y/{name}", psnr, prog_bar=True, add_dataloader_idx=False)
+            self.log(f"val/ssim_y/{name}", ssim, add_dataloader_idx=False)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step, gamma=hp.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
