@@ -120,11 +120,55 @@ def expand_group_patterns(argv: Sequence[str], config_module: str) -> list[str]:
     return argv
 
 
+SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")
+#: keys that run_name (and so each job's directory name) already carries
+RUN_NAME_KEYS = ("model", "data.scale", "seed", "run_name")
+
+
+def is_sweep(value: str) -> bool:
+    """True when a Hydra override value lists several values (top-level comma or range())."""
+    if value.startswith(SWEEP_FUNCTIONS):
+        return True
+    depth, quote = 0, ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def job_dir_overrides(argv: Sequence[str]) -> list[str]:
+    """For a multirun, name each job's directory by run_name plus the swept keys only.
+
+    Hydra's ``override_dirname`` lists every override; keys that are the same for all jobs
+    (or already in run_name) are excluded so job directories stay short and predictable.
+    """
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return []
+    exclude = set(RUN_NAME_KEYS)
+    for _, text in _overrides(argv):
+        key, value = text.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("hydra."):
+            continue
+        if not is_sweep(value):
+            exclude.add(key)
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(exclude))}]"]
+
+
 def train_main() -> None:
     """Entry point of ``hdsr-train``."""
     from hdsr.train import CONFIG_MODULE
 
-    sys.argv[1:] = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    sys.argv[1:] = argv + job_dir_overrides(argv)
     from hdsr.train import hydra_main
 
     hydra_main()

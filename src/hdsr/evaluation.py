@@ -55,7 +55,7 @@ def final_table(cfg: Any, result: Mapping[str, Any]) -> None:
         psnr, ssim = result["bicubic"][s]
         bicubic += [f"{psnr:.2f}", f"{ssim:.4f}"]
     table.add_row("bicubic", *bicubic)
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"run directory : {result['run_dir']}")
     console.print(f"checkpoint    : {result['checkpoint']}")

@@ -34,13 +34,7 @@ def check_config(cfg: DictConfig) -> None:
     scale = cfg.data.get("scale")
     if isinstance(scale, bool) or scale not in SCALES:
         raise ConfigError(f"data.scale must be one of {list(SCALES)}, got {scale!r}")
-    patch = cfg.data.get("patch_size")
-    if patch is not None and patch % scale:
-        raise ConfigError(
-            f"data.patch_size={patch} is not a multiple of data.scale={scale} "
-            f"(the LR patch is patch_size / scale)"
-        )
-    for key in ("batch_size", "patches_per_epoch"):
+    for key in ("patch_size", "batch_size", "patches_per_epoch"):
         value = cfg.data.get(key)
         if value is not None and value < 1:
             raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
@@ -162,7 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint": ckpt.last_model_path,
             "best_checkpoint": ckpt.best_model_path,
             "wandb_dir": getattr(wandb_run, "dir", None),
-            "wandb_offline": bool(wandb_run is not None and wandb_run.settings.mode == "offline"),
+            "wandb_offline": wandb_run is not None
+            and wandb_mode(cfg.logger.wandb.get("mode")) == "offline",
         }
         final_table(cfg, result)
         return result

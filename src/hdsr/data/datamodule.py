@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from hdsr.data.datasets import PatchSampler, TrainPatches, WholeImages
@@ -26,7 +27,7 @@ class SRDataModule(L.LightningDataModule):
         scale: 2, 3 or 4.
         train: source of training pairs.
         val_sets: ``{set name: source}``; metrics are logged per set name.
-        patch_size: HR patch size (the LR patch is ``patch_size // scale``).
+        patch_size: nominal HR patch size; the LR patch is ``round(patch_size / scale)``.
         batch_size: training batch size.
         patches_per_epoch: training patches in one epoch.
         num_workers: data-loader workers for training.
@@ -86,7 +87,7 @@ class SRDataModule(L.LightningDataModule):
             sampler=PatchSampler(len(self.train_set)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
 

@@ -12,6 +12,17 @@ from hdsr.data.pairs import ImagePair
 from hdsr.data.transforms import augment, paired_random_crop, to_tensor_chw
 
 
+def lr_patch_size(hr_patch: int, scale: int) -> int:
+    """LR patch side for a nominal HR patch: HR 128 gives LR 64, 43 and 32 at x2, x3, x4.
+
+    The HR patch actually cropped is ``scale`` times the LR patch (129 at x3).
+    """
+    lr_patch = round(hr_patch / scale)
+    if lr_patch < 1:
+        raise ValueError(f"patch size {hr_patch} is too small for scale {scale}")
+    return lr_patch
+
+
 class TrainPatches(Dataset):
     """Random aligned (LR, HR) patches, ``patches_per_epoch`` per epoch.
 
@@ -34,20 +45,17 @@ class TrainPatches(Dataset):
     ) -> None:
         if not pairs:
             raise ValueError("the training set is empty")
-        if hr_patch % scale:
-            raise ValueError(f"data.patch_size={hr_patch} is not a multiple of the scale {scale}")
         self.pairs = list(pairs)
         self.scale = scale
-        self.lr_patch = hr_patch // scale
+        self.lr_patch = lr_patch_size(hr_patch, scale)
         self.patches_per_epoch = int(patches_per_epoch)
         self.seed = int(seed)
         self.flips = flips
         for p in self.pairs:  # fail now, not in a worker mid-epoch
             if min(p.lr.shape[:2]) < self.lr_patch:
                 h, w = p.hr.shape[:2]
-                raise ValueError(
-                    f"{p.name}: image {w}x{h} is smaller than the HR patch {hr_patch}x{hr_patch}"
-                )
+                hp = self.lr_patch * scale
+                raise ValueError(f"{p.name}: image {w}x{h} is smaller than the HR patch {hp}x{hp}")
 
     def __len__(self) -> int:
         return self.patches_per_epoch

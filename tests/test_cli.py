@@ -1,0 +1,90 @@
+"""hdsr-train's command line: nested-group patterns, repeated keys, config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ABLATIONS, compose
+from hdsr.cli import UsageError, expand_group_patterns
+from hdsr.train import ConfigError, check_config
+
+MODULE = "hdsr.conf"
+
+
+def test_nine_table1_variants_ship_with_the_package():
+    assert len(ABLATIONS) == 9
+    assert [a.split("_")[0] for a in ABLATIONS] == [f"r{i}" for i in range(1, 10)]
+
+
+def test_nested_group_glob_expands_to_every_variant():
+    argv = expand_group_patterns(["-m", "model=ablation/*", "trainer.max_steps=1"], MODULE)
+    assert argv[0] == "-m" and argv[2] == "trainer.max_steps=1"
+    key, value = argv[1].split("=", 1)
+    assert key == "model"
+    assert value.split(",") == [f"ablation/{a}" for a in ABLATIONS]
+
+
+def test_partial_patterns_and_mixed_lists():
+    argv = expand_group_patterns(["--multirun", "model=ablation/r[12]_*,hdsrnet"], MODULE)
+    assert argv[1] == "model=ablation/r1_six_conv,ablation/r2_residual_conv,hdsrnet"
+
+
+def test_pattern_matching_nothing_is_an_error(capsys):
+    with pytest.raises(UsageError) as err:
+        expand_group_patterns(["-m", "model=ablation/nope*"], MODULE)
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "matches no option" in msg and "model/ablation" in msg and "r9_hdsrnet" in msg
+
+
+def test_group_key_given_twice_is_rejected(capsys):
+    with pytest.raises(UsageError):
+        expand_group_patterns(
+            ["-m", "model=ablation/r1_six_conv", "model=ablation/r2_residual_conv"], MODULE
+        )
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_several_options_without_multirun_is_an_error(capsys):
+    with pytest.raises(UsageError):
+        expand_group_patterns(["model=ablation/*"], MODULE)
+    assert "add -m" in capsys.readouterr().err
+
+
+def test_plain_arguments_pass_through_untouched():
+    argv = ["data.scale=3", "model=hdsrnet", "--cfg", "job", "logger.wandb.tags=[a*]"]
+    assert expand_group_patterns(argv, MODULE) == argv
+
+
+@pytest.mark.parametrize("bad", [1, 5, 8])
+def test_bad_scale_is_a_config_error_naming_the_key(bad):
+    cfg = compose([f"data.scale={bad}"])
+    with pytest.raises(ConfigError, match=r"data\.scale"):
+        check_config(cfg)
+
+
+def test_scale_switches_the_whole_stack():
+    cfg = compose(["data.scale=3", "data.patch_size=96"])
+    check_config(cfg)
+    assert cfg.model.net.scale == 3 and cfg.data.scale == 3
+    assert cfg.run_name == "hdsrnet_x3_s0"
+
+
+@pytest.mark.parametrize("key", ["data.patch_size", "data.batch_size", "data.patches_per_epoch"])
+def test_non_positive_sizes_are_config_errors(key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_config(compose([f"{key}=0"]))
+
+
+def test_job_directories_name_only_the_swept_keys():
+    from hdsr.cli import is_sweep, job_dir_overrides
+
+    assert is_sweep("1,2") and is_sweep("range(1,3)") and is_sweep("ablation/a,ablation/b")
+    assert not is_sweep("[1,2]") and not is_sweep("'a,b'") and not is_sweep("3")
+    assert job_dir_overrides(["model=hdsrnet"]) == []  # single run: run_name only
+    (extra,) = job_dir_overrides(["-m", "model=a,b", "optim.lr=1e-4,2e-4", "data.batch_size=2"])
+    key, value = extra.split("=", 1)
+    assert key == "hydra.job.config.override_dirname.exclude_keys"
+    excluded = value.strip("[]").split(",")
+    assert "data.batch_size" in excluded and "model" in excluded
+    assert "optim.lr" not in excluded

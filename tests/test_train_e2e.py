@@ -1,0 +1,160 @@
+"""End-to-end: hdsr-train as a user runs it (subprocess, fresh directory, no W&B key)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.batch_size=4",
+    "data.patch_size=32",
+    "data.patches_per_epoch=160",
+    "trainer.log_every_n_steps=5",
+]
+
+
+def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    """Run ``cmd`` through bash, as typed at a prompt, offline and without a W&B key."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120", **env)
+    return subprocess.run(
+        ["bash", "-c", cmd], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_default_run_trains_validates_and_reports(tmp_path):
+    proc = run(f"hdsr-train trainer.max_steps=40 {' '.join(TINY)}", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    run_dir = tmp_path / "runs" / "hdsrnet_x2_s0"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # the final table: bicubic on astronaut + chelsea at x2 equals the MATLAB fixture means
+    # ((31.693843 + 35.215884) / 2 = 33.45; (0.944476 + 0.914631) / 2 = 0.9296)
+    bicubic_row = next(line for line in out.splitlines() if "bicubic" in line)
+    assert "33.45" in bicubic_row and "0.9296" in bicubic_row
+    assert any("hdsrnet" in line for line in out.splitlines() if "│" in line)
+    assert str(run_dir / "checkpoints" / "last.ckpt") in out.replace("\n", "")
+    rows = read_csv(run_dir / "csv" / "metrics.csv")
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 6
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses  # the L1 loss falls
+    psnr = [float(r["val/psnr_y/demo"]) for r in rows if r.get("val/psnr_y/demo")]
+    ssim = [float(r["val/ssim_y/demo"]) for r in rows if r.get("val/ssim_y/demo")]
+    assert psnr and ssim and 5 < psnr[-1] < 60 and 0 < ssim[-1] <= 1
+    # W&B offline without an API key: one run, syncable later
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(wandb_runs) == 1
+    assert "wandb sync" in out
+
+
+@pytest.mark.slow
+def test_ablation_sweep_as_typed_runs_nine_jobs(tmp_path):
+    # unquoted, exactly as users type it in bash
+    cmd = (
+        "hdsr-train -m model=ablation/* trainer.max_steps=1 trainer.limit_val_batches=1 "
+        "data.patches_per_epoch=2 data.batch_size=2 data.patch_size=32"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "runs" / "sweep"
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == sorted(
+        f"{p.stem}_x2_s0" for p in (REPO / "conf" / "model" / "ablation").glob("*.yaml")
+    )
+    run_ids = set()
+    for job in jobs:
+        job_dir = sweep / job
+        assert (job_dir / "checkpoints" / "last.ckpt").is_file(), job
+        rows = read_csv(job_dir / "csv" / "metrics.csv")
+        assert any(r.get("val/psnr_y/demo") for r in rows), job
+        (wb,) = (job_dir / "wandb").glob("offline-run-*")  # one W&B run per job
+        run_ids.add(wb.name.rsplit("-", 1)[1])
+    assert len(run_ids) == 9
+
+
+@pytest.mark.slow
+def test_sweep_errors_are_clear(tmp_path):
+    proc = run("hdsr-train -m model=ablation/zz*", tmp_path)
+    assert proc.returncode == 2 and "matches no option" in proc.stderr
+    proc = run("hdsr-train data.scale=5 logger=csv", tmp_path)
+    assert proc.returncode != 0 and "data.scale must be one of [2, 3, 4]" in proc.stderr
+    assert not (tmp_path / "runs" / "hdsrnet_x5_s0" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_configs_work_from_a_built_wheel(tmp_path):
+    dist, target, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build_dir = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        build_dir,
+        ignore=shutil.ignore_patterns(".venv", "runs", "build", "*.egg-info", ".git"),
+    )
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(build_dir)],
+        check=True,
+    )
+    (wheel,) = dist.glob("hdsr-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    assert (target / "hdsr" / "conf" / "model" / "ablation" / "r1_six_conv.yaml").is_file()
+    env = {"PYTHONPATH": str(target)}
+    code = (
+        "import hdsr, sys; assert hdsr.__file__.startswith(sys.argv[1]), hdsr.__file__; "
+        "from hdsr.cli import expand_group_patterns as e; "
+        "print(e(['-m', 'model=ablation/*'], 'hdsr.conf')[1])"
+    )
+    proc = run(f'{sys.executable} -c "{code}" {target}', elsewhere, **env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().count("ablation/") == 9
+    proc = run(
+        f"{sys.executable} {target}/bin/hdsr-train --cfg job model=ablation/r7_upper_only",
+        elsewhere,
+        **env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "name: r7_upper_only" in proc.stdout and "lower: null" in proc.stdout
+
+
+# bicubic on astronaut + chelsea, means of the MATLAB fixture values at each scale
+FIXTURE_BICUBIC = {3: ("30.77", "0.8727"), 4: ("29.15", "0.8235")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [3, 4])
+def test_scale_switches_network_lr_and_metrics(tmp_path, scale):
+    import torch
+
+    cmd = (
+        f"hdsr-train data.scale={scale} model=ablation/r1_six_conv logger=csv "
+        "trainer.max_steps=2 data.patches_per_epoch=4 data.batch_size=2 data.patch_size=48"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bicubic_row = next(line for line in proc.stdout.splitlines() if "bicubic" in line)
+    psnr, ssim = FIXTURE_BICUBIC[scale]
+    assert psnr in bicubic_row and ssim in bicubic_row
+    run_dir = tmp_path / "runs" / f"r1_six_conv_x{scale}_s0"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    upsampler = {k: v.shape for k, v in ckpt["state_dict"].items() if "tail.upsample" in k}
+    expected = {3: {"net.tail.upsample.0.weight": (576, 64, 3, 3)}, 4: {}}[scale]
+    for key, shape in expected.items():
+        assert tuple(upsampler[key]) == shape
+    assert ("net.tail.upsample.2.weight" in upsampler) == (scale == 4)
+    assert not (run_dir / "wandb").exists()  # logger=csv writes no W&B files
