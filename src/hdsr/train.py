@@ -122,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mode="max",
         save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # fixed names in the fixed run directory
     )
     callbacks: list[Any] = [ckpt]
     if loggers:
