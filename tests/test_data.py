@@ -39,7 +39,7 @@ def test_crop_errors_name_the_image():
         )
     with pytest.raises(ValueError, match="photo.png.*not 2x"):
         paired_random_crop(
-            lr, np.zeros((21, 20, 3), np.uint8), 4, 2, np.random.default_rng(), "photo.png"
+            lr, np.zeros((22, 20, 3), np.uint8), 4, 2, np.random.default_rng(), "photo.png"
         )
 
 

@@ -98,5 +98,5 @@ def test_validation_scores_the_rounded_uint8_output():
         module.validation_step(batch, 0)
         sr = to_uint8_image(module(lr)).numpy()
     assert sr.dtype == np.uint8 and sr.shape == pair.hr.shape
-    (score,) = module._val_scores["s"]
+    (score,) = module._scores["s"]
     assert score[0] == psnr_y(sr, pair.hr, 2)

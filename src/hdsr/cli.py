@@ -1,4 +1,4 @@
-"""Console entry points. ``hdsr-train`` = Hydra app + group-pattern expansion.
+"""Console entry points: ``hdsr-train`` and ``hdsr-prepare`` (Hydra apps + pattern expansion).
 
 Hydra cannot sweep a nested config group as users type it (``-m model=ablation/*``): it
 looks for an option literally named ``ablation/*``. Before Hydra sees the command line,
@@ -172,3 +172,21 @@ def train_main() -> None:
     from hdsr.train import hydra_main
 
     hydra_main()
+
+
+def prepare_main() -> None:
+    """Entry point of ``hdsr-prepare``: build the data caches for a config, train nothing."""
+    from hdsr.train import CONFIG_MODULE
+
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
+    # no run directory and no .hydra/ for a preparation step
+    sys.argv[1:] = argv + [
+        "hydra.output_subdir=null",
+        "hydra.run.dir=.",
+        "hydra/job_logging=stdout",
+    ]
+    from hdsr.train import prepare_hydra_main
+
+    prepare_hydra_main()

@@ -9,7 +9,7 @@ import numpy as np
 
 from hdsr.data.imresize import imresize
 from hdsr.data.pairs import ImagePair
-from hdsr.metrics import psnr_y, ssim_y
+from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 
 
 def bicubic_scores(
@@ -23,10 +23,8 @@ def bicubic_scores(
     for name, pairs in sets.items():
         scores = []
         for p in pairs:
-            sr = imresize(p.lr, scale)
             hr = p.hr
-            if hr.ndim == 2 and sr.ndim == 3:  # gray HR: LR is a 3-channel copy
-                sr = sr[..., 0]
+            sr = sr_like_hr(imresize(np.asarray(p.lr), scale), hr)
             scores.append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
         arr = np.asarray(scores, dtype=np.float64)
         out[name] = (float(arr[:, 0].mean()), float(arr[:, 1].mean()))

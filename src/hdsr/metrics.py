@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["psnr_y", "rgb_to_y", "ssim_y"]
+__all__ = ["psnr_y", "rgb_to_y", "sr_like_hr", "ssim_y"]
 
 _PEAK = 255.0
 _SSIM_WINDOW = 11
@@ -188,3 +188,14 @@ def ssim_y(sr: np.ndarray | torch.Tensor, hr: np.ndarray | torch.Tensor, crop_bo
     """
     sr_y, hr_y = _prepare_pair(sr, hr, crop_border)
     return _ssim_map_mean(sr_y, hr_y)
+
+
+def sr_like_hr(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    """Match an RGB uint8 SR output to a gray HR: the rounded channel mean, else ``sr``.
+
+    The network always sees 3 channels (a gray LR is copied to RGB), so its output for a
+    gray image is RGB with near-equal channels; the gray HR is compared as it is.
+    """
+    if hr.ndim == 2 and sr.ndim == 3:
+        return np.round(sr.astype(np.float64).mean(axis=2)).astype(np.uint8)
+    return sr

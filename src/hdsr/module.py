@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdsr.metrics import psnr_y, ssim_y
+from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 from hdsr.models.hdsrnet import count_parameters
 
 
@@ -29,6 +29,7 @@ class SRModule(L.LightningModule):
         lr_step: halve (multiply by ``lr_gamma``) the learning rate every ``lr_step`` steps.
         lr_gamma: the factor applied every ``lr_step`` steps.
         val_set_names: names of the validation loaders, in order (for metric keys).
+        test_set_names: names of the test loaders, in order.
     """
 
     def __init__(
@@ -41,13 +42,15 @@ class SRModule(L.LightningModule):
         lr_step: int = 300_000,
         lr_gamma: float = 0.5,
         val_set_names: Sequence[str] = ("val",),
+        test_set_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.scale = scale
         self.val_set_names = list(val_set_names)
-        self._val_scores: dict[str, list[tuple[float, float]]] = {}
+        self.test_set_names = list(test_set_names)
+        self._scores: dict[str, list[tuple[float, float]]] = {}
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.net(lr)
@@ -63,22 +66,42 @@ class SRModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_scores = {name: [] for name in self.val_set_names}
+        self._scores = {name: [] for name in self.val_set_names}
+
+    def on_test_epoch_start(self) -> None:
+        self._scores = {name: [] for name in self.test_set_names}
+
+    def _score(self, batch: dict, names: Sequence[str], dataloader_idx: int) -> None:
+        """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels."""
+        hr = batch["hr"].cpu().numpy()
+        sr = sr_like_hr(to_uint8_image(self.net(batch["lr"])).numpy(), hr)
+        self._scores[names[dataloader_idx]].append(
+            (psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
+        )
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        sr = to_uint8_image(self.net(batch["lr"])).numpy()
-        hr = batch["hr"].cpu().numpy()
-        name = self.val_set_names[dataloader_idx]
-        self._val_scores[name].append((psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale)))
+        self._score(batch, self.val_set_names, dataloader_idx)
 
-    def on_validation_epoch_end(self) -> None:
-        for name, scores in self._val_scores.items():
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._score(batch, self.test_set_names, dataloader_idx)
+
+    def _log_scores(self, stage: str) -> None:
+        """Log the per-image scores averaged over each set as ``<stage>/psnr_y/<set>``."""
+        for name, scores in self._scores.items():
             if not scores:
                 continue
             psnr = sum(s[0] for s in scores) / len(scores)
             ssim = sum(s[1] for s in scores) / len(scores)
-            self.log(f"val/psnr_y/{name}", psnr, prog_bar=True, add_dataloader_idx=False)
-            self.log(f"val/ssim_y/{name}", ssim, add_dataloader_idx=False)
+            self.log(
+                f"{stage}/psnr_y/{name}", psnr, prog_bar=stage == "val", add_dataloader_idx=False
+            )
+            self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lr_step=cfg.optim.lr_step,
         lr_gamma=cfg.optim.lr_gamma,
         val_set_names=datamodule.val_set_names,
+        test_set_names=datamodule.test_set_names,
     )
     loggers = build_loggers(cfg, run_dir)
     first_set = datamodule.val_set_names[0]
@@ -185,3 +186,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
     metrics = result["metrics"]
     key = next((k for k in metrics if k.startswith("val/psnr_y/")), None)
     return metrics[key] if key else None
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Build the data caches the config needs (decoded images, generated LR), then stop."""
+    check_config(cfg)
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    n = len(datamodule.train_set.pairs)
+    sets = ", ".join(f"{k} ({len(v)})" for k, v in datamodule.val_pairs.items())
+    print(f"ready: {n} training images at x{cfg.data.scale}; validation sets: {sets}")
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")
+def prepare_hydra_main(cfg: DictConfig) -> None:
+    prepare(cfg)

@@ -15,7 +15,11 @@ from hdsr.models.hdsrnet import check_scale
 
 
 class PairSource(Protocol):
-    """Anything that yields the (LR, HR) pairs of a set at a scale."""
+    """Anything that yields the (LR, HR) pairs of a set at a scale.
+
+    A source may also have ``prepare(scale)``: one-off work (decoding into a cache,
+    generating LR images) that Lightning runs on one process per node before ``setup``.
+    """
 
     def load(self, scale: int) -> list[ImagePair]: ...
 
@@ -27,12 +31,15 @@ class SRDataModule(L.LightningDataModule):
         scale: 2, 3 or 4.
         train: source of training pairs.
         val_sets: ``{set name: source}``; metrics are logged per set name.
+        test_sets: ``{set name: source}`` for ``Trainer.test`` (default: none).
         patch_size: nominal HR patch size; the LR patch is ``round(patch_size / scale)``.
         batch_size: training batch size.
         patches_per_epoch: training patches in one epoch.
         num_workers: data-loader workers for training.
         flips: random horizontal/vertical flips and transpose.
         seed: seed of the patch order.
+        root, benchmark_root, cache_dir: the data config's folders; they reach the
+            sources through interpolation and are kept here for reference only.
     """
 
     def __init__(
@@ -40,17 +47,22 @@ class SRDataModule(L.LightningDataModule):
         scale: int,
         train: PairSource,
         val_sets: Mapping[str, PairSource],
+        test_sets: Mapping[str, PairSource] | None = None,
         patch_size: int = 128,
         batch_size: int = 16,
         patches_per_epoch: int = 16000,
         num_workers: int = 0,
         flips: bool = True,
         seed: int = 0,
+        root: str | None = None,
+        benchmark_root: str | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
         self.train_source = train
         self.val_sources = dict(val_sets)
+        self.test_sources = dict(test_sets or {})
         if not self.val_sources:
             raise ValueError("data.val_sets is empty: name at least one validation set")
         self.patch_size = patch_size
@@ -59,12 +71,24 @@ class SRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.flips = flips
         self.seed = seed
+        self.root, self.benchmark_root, self.cache_dir = root, benchmark_root, cache_dir
         self.train_set: TrainPatches | None = None
         self.val_pairs: dict[str, list[ImagePair]] = {}
+        self.test_pairs: dict[str, list[ImagePair]] = {}
 
     @property
     def val_set_names(self) -> list[str]:
         return list(self.val_sources)
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_sources)
+
+    def prepare_data(self) -> None:
+        """Build caches once per node (Lightning calls this on local rank 0 only)."""
+        prepare = getattr(self.train_source, "prepare", None)
+        if prepare is not None:
+            prepare(self.scale)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
@@ -78,6 +102,10 @@ class SRDataModule(L.LightningDataModule):
             )
         if stage in (None, "fit", "validate") and not self.val_pairs:
             self.val_pairs = {n: src.load(self.scale) for n, src in self.val_sources.items()}
+        if stage in (None, "test") and not self.test_pairs:
+            if not self.test_sources:
+                raise ValueError("data.test_sets is empty: name at least one test set")
+            self.test_pairs = {n: src.load(self.scale) for n, src in self.test_sources.items()}
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
@@ -92,10 +120,17 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [
-            DataLoader(WholeImages(pairs, name), batch_size=1, collate_fn=_collate_one)
-            for name, pairs in self.val_pairs.items()
-        ]
+        return _whole_image_loaders(self.val_pairs)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return _whole_image_loaders(self.test_pairs)
+
+
+def _whole_image_loaders(sets: Mapping[str, list[ImagePair]]) -> list[DataLoader]:
+    return [
+        DataLoader(WholeImages(pairs, name), batch_size=1, collate_fn=_collate_one)
+        for name, pairs in sets.items()
+    ]
 
 
 def _collate_one(items: list[dict]) -> dict:

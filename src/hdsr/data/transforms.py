@@ -20,7 +20,8 @@ def paired_random_crop(
     """
     lh, lw = lr.shape[:2]
     hh, hw = hr.shape[:2]
-    if (hh, hw) != (lh * scale, lw * scale):
+    # HR may carry up to scale-1 extra rows/columns (a cached HR that is not mod-cropped)
+    if not (lh * scale <= hh < (lh + 1) * scale and lw * scale <= hw < (lw + 1) * scale):
         raise ValueError(f"{name}: HR size {hw}x{hh} is not {scale}x the LR size {lw}x{lh}")
     if lh < lr_patch or lw < lr_patch:
         raise ValueError(
