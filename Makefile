@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast lint wheel clean
+.PHONY: help venv install dev demo test test-fast lint wheel bench-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help:  ## list the targets
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/activate  ## create .venv and install hdsr with torch ($(TORCH))
+install: $(BIN)/activate  ## create .venv and install hdsr with torch (TORCH=torch==2.13.0 by default)
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
 
@@ -25,17 +25,20 @@ demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes o
 	$(BIN)/hdsr-train
 
 test: dev  ## install what tests need and run the whole suite (slow tests included)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests experiments
 	$(BIN)/python -m pytest
 
 test-fast: dev  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: dev  ## ruff
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests experiments
 
 wheel: dev  ## build the wheel into dist/
 	$(BIN)/python -m build --wheel --outdir dist .
+
+bench-data: dev  ## training-data throughput: decoded cache vs PNG per patch (~1 min)
+	$(BIN)/python experiments/benchmarks/bench_data.py
 
 clean:  ## remove build outputs and runs/ (keeps .venv)
 	rm -rf build dist src/*.egg-info runs .pytest_cache

@@ -158,3 +158,33 @@ def test_scale_switches_network_lr_and_metrics(tmp_path, scale):
         assert tuple(upsampler[key]) == shape
     assert ("net.tail.upsample.2.weight" in upsampler) == (scale == 4)
     assert not (run_dir / "wandb").exists()  # logger=csv writes no W&B files
+
+
+@pytest.mark.slow
+def test_div2k_and_benchmarks_end_to_end(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from datatrees import make_benchmark, make_div2k
+
+    root = make_div2k(tmp_path / "DIV2K", [1, 2, 801], scales=(2,), size=(64, 80))
+    bench = make_benchmark(tmp_path / "benchmark", "Set5", 2, scales=(2,))
+    make_benchmark(bench, "Set14", 2, gray=(1,))  # no LR folder: generated
+    data = (
+        f"data=div2k data.root={root} data.benchmark_root={bench} data.num_workers=1 "
+        "'data.train.ranges=[[1,2],[801,801]]' data.val_sets=[Set5,Set14] data.patch_size=32"
+    )
+    proc = run(f"hdsr-prepare {data}", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ready: 3 training images at x2" in proc.stdout
+    assert len(list((root / ".hdsr_cache").rglob("*.npy"))) == 6
+    assert not (tmp_path / "runs").exists()  # preparing makes no run directory
+    cmd = (
+        f"hdsr-train {data} logger=csv trainer.max_steps=4 data.batch_size=2 "
+        "data.patches_per_epoch=4"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "runs" / "hdsrnet_x2_s0" / "csv" / "metrics.csv")
+    for key in ("val/psnr_y/Set5", "val/ssim_y/Set5", "val/psnr_y/Set14", "val/ssim_y/Set14"):
+        assert any(r.get(key) for r in rows), key
+    table = proc.stdout
+    assert "Set5 PSNR" in table and "Set14 PSNR" in table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import lightning as L
@@ -30,24 +30,26 @@ class SRDataModule(L.LightningDataModule):
     Args:
         scale: 2, 3 or 4.
         train: source of training pairs.
-        val_sets: ``{set name: source}``; metrics are logged per set name.
-        test_sets: ``{set name: source}`` for ``Trainer.test`` (default: none).
+        val_sets: ``{set name: source}``, or benchmark names (``[Set5, Set14]``) found
+            under ``benchmark_root``; metrics are logged per set name.
+        test_sets: the same for ``Trainer.test`` (default: none).
         patch_size: nominal HR patch size; the LR patch is ``round(patch_size / scale)``.
         batch_size: training batch size.
         patches_per_epoch: training patches in one epoch.
         num_workers: data-loader workers for training.
         flips: random horizontal/vertical flips and transpose.
         seed: seed of the patch order.
-        root, benchmark_root, cache_dir: the data config's folders; they reach the
-            sources through interpolation and are kept here for reference only.
+        benchmark_root: folder of the benchmark sets named in ``val_sets``/``test_sets``.
+        root, cache_dir: the data config's folders (the sources get them through
+            interpolation; kept here for reference).
     """
 
     def __init__(
         self,
         scale: int,
         train: PairSource,
-        val_sets: Mapping[str, PairSource],
-        test_sets: Mapping[str, PairSource] | None = None,
+        val_sets: Mapping[str, PairSource] | Sequence[str],
+        test_sets: Mapping[str, PairSource] | Sequence[str] | None = None,
         patch_size: int = 128,
         batch_size: int = 16,
         patches_per_epoch: int = 16000,
@@ -61,8 +63,8 @@ class SRDataModule(L.LightningDataModule):
         super().__init__()
         self.scale = check_scale(scale)
         self.train_source = train
-        self.val_sources = dict(val_sets)
-        self.test_sources = dict(test_sets or {})
+        self.val_sources = resolve_sets(val_sets, benchmark_root, "data.val_sets")
+        self.test_sources = resolve_sets(test_sets or {}, benchmark_root, "data.test_sets")
         if not self.val_sources:
             raise ValueError("data.val_sets is empty: name at least one validation set")
         self.patch_size = patch_size
@@ -124,6 +126,23 @@ class SRDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return _whole_image_loaders(self.test_pairs)
+
+
+def resolve_sets(
+    sets: Mapping[str, PairSource] | Sequence[str], benchmark_root: str | None, key: str
+) -> dict[str, PairSource]:
+    """``{name: source}`` from a mapping, or from benchmark names under ``benchmark_root``."""
+    if isinstance(sets, Mapping):
+        return dict(sets)
+    if isinstance(sets, str):
+        sets = [sets]
+    if sets and not benchmark_root:
+        raise ValueError(
+            f"{key} names benchmark sets {list(sets)} but data.benchmark_root is unset"
+        )
+    from hdsr.data.benchmarks import BenchmarkImages
+
+    return {name: BenchmarkImages(benchmark_root, name) for name in sets}
 
 
 def _whole_image_loaders(sets: Mapping[str, list[ImagePair]]) -> list[DataLoader]:
