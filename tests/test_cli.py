@@ -82,7 +82,10 @@ def test_job_directories_name_only_the_swept_keys():
     assert is_sweep("1,2") and is_sweep("range(1,3)") and is_sweep("ablation/a,ablation/b")
     assert not is_sweep("[1,2]") and not is_sweep("'a,b'") and not is_sweep("3")
     assert job_dir_overrides(["model=hdsrnet"]) == []  # single run: run_name only
-    (extra,) = job_dir_overrides(["-m", "model=a,b", "optim.lr=1e-4,2e-4", "data.batch_size=2"])
+    extra, run_dir = job_dir_overrides(
+        ["-m", "model=a,b", "optim.lr=1e-4,2e-4", "data.batch_size=2"]
+    )
+    assert run_dir == "hydra.run.dir=${hydra.sweep.dir}/${hydra.sweep.subdir}"
     key, value = extra.split("=", 1)
     assert key == "hydra.job.config.override_dirname.exclude_keys"
     excluded = value.strip("[]").split(",")

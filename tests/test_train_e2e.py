@@ -49,7 +49,7 @@ def test_default_run_trains_validates_and_reports(tmp_path):
     assert "33.45" in bicubic_row and "0.9296" in bicubic_row
     assert any("hdsrnet" in line for line in out.splitlines() if "│" in line)
     assert str(run_dir / "checkpoints" / "last.ckpt") in out.replace("\n", "")
-    rows = read_csv(run_dir / "csv" / "metrics.csv")
+    rows = read_csv(run_dir / "csv" / "version_0" / "metrics.csv")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 6
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses  # the L1 loss falls
@@ -80,7 +80,7 @@ def test_ablation_sweep_as_typed_runs_nine_jobs(tmp_path):
     for job in jobs:
         job_dir = sweep / job
         assert (job_dir / "checkpoints" / "last.ckpt").is_file(), job
-        rows = read_csv(job_dir / "csv" / "metrics.csv")
+        rows = read_csv(job_dir / "csv" / "version_0" / "metrics.csv")
         assert any(r.get("val/psnr_y/demo") for r in rows), job
         (wb,) = (job_dir / "wandb").glob("offline-run-*")  # one W&B run per job
         run_ids.add(wb.name.rsplit("-", 1)[1])
@@ -183,7 +183,7 @@ def test_div2k_and_benchmarks_end_to_end(tmp_path):
     )
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_csv(tmp_path / "runs" / "hdsrnet_x2_s0" / "csv" / "metrics.csv")
+    rows = read_csv(tmp_path / "runs" / "hdsrnet_x2_s0" / "csv" / "version_0" / "metrics.csv")
     for key in ("val/psnr_y/Set5", "val/ssim_y/Set5", "val/psnr_y/Set14", "val/ssim_y/Set14"):
         assert any(r.get(key) for r in rows), key
     table = proc.stdout

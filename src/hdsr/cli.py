@@ -160,7 +160,11 @@ def job_dir_overrides(argv: Sequence[str]) -> list[str]:
             continue
         if not is_sweep(value):
             exclude.add(key)
-    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(exclude))}]"]
+    return [
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(exclude))}]",
+        # a job's run.dir is its sweep directory: DDP ranks > 0 are started there
+        "hydra.run.dir=${hydra.sweep.dir}/${hydra.sweep.subdir}",
+    ]
 
 
 def train_main() -> None:

@@ -59,7 +59,8 @@ def final_table(cfg: Any, result: Mapping[str, Any]) -> None:
     console.print(f"checkpoint    : {result['checkpoint']}")
     if result.get("best_checkpoint"):
         console.print(f"best          : {result['best_checkpoint']}")
-    console.print(f"CSV metrics   : {result['run_dir']}/csv/metrics.csv")
+    if result.get("csv_dir"):
+        console.print(f"CSV metrics   : {result['csv_dir']}/metrics.csv")
     if result.get("wandb_dir"):
         run_path = str(result["wandb_dir"]).removesuffix("/files")
         hint = (

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hdsr.callbacks import center_crop
+from hdsr.data.imresize import imresize
 from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 from hdsr.models.hdsrnet import count_parameters
 
@@ -30,6 +33,11 @@ class SRModule(L.LightningModule):
         lr_gamma: the factor applied every ``lr_step`` steps.
         val_set_names: names of the validation loaders, in order (for metric keys).
         test_set_names: names of the test loaders, in order.
+        channels_last: run the network in channels_last memory format.
+        compile: run the forward pass through ``torch.compile`` (weights stay in ``net``,
+            so checkpoints keep plain key names).
+        log_images: per validation set, how many images get SR/bicubic/HR crops logged to
+            image-capable loggers (W&B).
     """
 
     def __init__(
@@ -43,6 +51,9 @@ class SRModule(L.LightningModule):
         lr_gamma: float = 0.5,
         val_set_names: Sequence[str] = ("val",),
         test_set_names: Sequence[str] = (),
+        channels_last: bool = False,
+        compile: bool = False,
+        log_images: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -51,9 +62,16 @@ class SRModule(L.LightningModule):
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
         self._scores: dict[str, list[tuple[float, float]]] = {}
+        self._crops: list[tuple[str, str, list[np.ndarray]]] = []
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.net) if compile else self.net
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.net(lr)
+        if self.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        return self._forward(lr)
 
     def on_fit_start(self) -> None:
         params = count_parameters(self.net)
@@ -61,44 +79,80 @@ class SRModule(L.LightningModule):
             logger.log_metrics({"model/params": float(params)}, step=self.global_step)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = F.l1_loss(self.net(batch["lr"]), batch["hr"])
+        loss = F.l1_loss(self(batch["lr"]), batch["hr"])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self._scores = {name: [] for name in self.val_set_names}
+        self._crops = []
 
     def on_test_epoch_start(self) -> None:
         self._scores = {name: [] for name in self.test_set_names}
 
-    def _score(self, batch: dict, names: Sequence[str], dataloader_idx: int) -> None:
+    def _score(self, batch: dict, set_name: str) -> np.ndarray:
         """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels."""
         hr = batch["hr"].cpu().numpy()
-        sr = sr_like_hr(to_uint8_image(self.net(batch["lr"])).numpy(), hr)
-        self._scores[names[dataloader_idx]].append(
-            (psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
-        )
+        sr = sr_like_hr(to_uint8_image(self(batch["lr"])).numpy(), hr)
+        self._scores[set_name].append((psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale)))
+        return sr
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._score(batch, self.val_set_names, dataloader_idx)
+        name = self.val_set_names[dataloader_idx]
+        sr = self._score(batch, name)
+        if batch_idx < self.hparams.log_images and self._image_loggers():
+            self._keep_crops(name, batch, sr)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._score(batch, self.test_set_names, dataloader_idx)
+        self._score(batch, self.test_set_names[dataloader_idx])
+
+    def _image_loggers(self) -> list:
+        return [lg for lg in self.loggers if hasattr(lg, "log_image")]
+
+    def _keep_crops(self, set_name: str, batch: dict, sr: np.ndarray) -> None:
+        """SR, bicubic and HR crops (the HR centre, 96 px at most) of one image."""
+        hr = batch["hr"].cpu().numpy()
+        lr = to_uint8_image(batch["lr"]).numpy()
+        bicubic = sr_like_hr(imresize(lr, self.scale), hr)
+        size = 96
+        crops = [center_crop(x, size) for x in (sr, bicubic, hr)]
+        self._crops.append((set_name, str(batch.get("name", "")), crops))
+
+    def _gather_scores(self) -> dict[str, list[tuple[float, float]]]:
+        """Every rank's per-image scores (each image scored once, on one rank)."""
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return self._scores
+        gathered: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, self._scores)
+        merged: dict[str, list[tuple[float, float]]] = {}
+        for part in gathered:
+            for name, scores in part.items():
+                merged.setdefault(name, []).extend(scores)
+        return merged
 
     def _log_scores(self, stage: str) -> None:
         """Log the per-image scores averaged over each set as ``<stage>/psnr_y/<set>``."""
-        for name, scores in self._scores.items():
+        for name, scores in self._gather_scores().items():
             if not scores:
                 continue
             psnr = sum(s[0] for s in scores) / len(scores)
             ssim = sum(s[1] for s in scores) / len(scores)
-            self.log(
-                f"{stage}/psnr_y/{name}", psnr, prog_bar=stage == "val", add_dataloader_idx=False
-            )
+            bar = stage == "val"
+            self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, add_dataloader_idx=False)
             self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
+        if self._crops and not self.trainer.sanity_checking:
+            for logger in self._image_loggers():
+                for set_name, image, crops in self._crops:
+                    logger.log_image(
+                        key=f"val/images/{set_name}/{image}",
+                        images=crops,
+                        caption=["SR", "bicubic", "HR"],
+                        step=self.global_step,
+                    )
+        self._crops = []
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")

@@ -5,23 +5,24 @@ The heavy imports (Lightning, W&B) happen inside the task, so ``--help`` stays q
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.loggers import ConfigError
 from hdsr.models.hdsrnet import SCALES
 
 CONFIG_MODULE = "hdsr.conf"
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
-
-
 def _job_dir(run_name: str, overrides: str) -> str:
+    """A multirun job's directory: run_name, then the swept keys not already in it."""
     return f"{run_name},{overrides}" if overrides else run_name
 
 
@@ -46,45 +47,65 @@ def check_config(cfg: DictConfig) -> None:
             )
 
 
-def wandb_mode(cfg_mode: str | None) -> str:
-    """online/offline/disabled: the configured mode, else WANDB_MODE, else by API key."""
-    if cfg_mode:
-        mode = str(cfg_mode)
-    elif os.environ.get("WANDB_MODE"):
-        mode = os.environ["WANDB_MODE"]
-        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-    else:
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if mode not in ("online", "offline", "disabled"):
-        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {mode!r}")
-    return mode
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Checkpoint to resume from: ``ckpt_path`` if given, else the run's ``last.ckpt``
+    when ``resume`` is true and it exists, else None (a fresh start)."""
+    if cfg.get("ckpt_path"):
+        path = Path(str(cfg.ckpt_path)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return str(path.resolve())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", True) and last.is_file():
+        return str(last)
+    return None
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger
+def sweep_group(cfg: DictConfig) -> str | None:
+    """The W&B group of a multirun job: its sweep's name (None for a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    loggers: list[Any] = []
-    if cfg.logger.get("csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version="csv"))
-    wb = cfg.logger.get("wandb") or {}
-    if wb.get("enabled", False):
-        mode = wandb_mode(wb.get("mode"))
-        if mode != "disabled":
-            from lightning.pytorch.loggers import WandbLogger
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(cfg.sweep_name)
+    return None
 
-            loggers.append(
-                WandbLogger(
-                    project=wb.get("project", "hdsr"),
-                    entity=wb.get("entity"),
-                    name=cfg.run_name,
-                    group=wb.get("group"),
-                    tags=list(wb.get("tags") or []) + [cfg.model.name, f"x{cfg.data.scale}"],
-                    save_dir=str(run_dir),
-                    offline=mode == "offline",
-                    config=OmegaConf.to_container(cfg, resolve=True),
-                )
-            )
-    return loggers
+
+@contextlib.contextmanager
+def single_job_argv() -> Iterator[None]:
+    """Make ``sys.argv`` this job's own single-run command while the job trains.
+
+    Lightning's DDP launcher starts ranks > 0 by re-running ``sys.argv``; under ``-m``
+    that is the whole sweep. With the job's own overrides each rank runs this job once.
+    Environment variables the launcher sets (MASTER_PORT, ...) are undone afterwards so
+    the next job of a sweep starts its own process group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    saved_argv, saved_env = list(sys.argv), dict(os.environ)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            if key in saved_env:
+                os.environ[key] = saved_env[key]
+            else:
+                os.environ.pop(key, None)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _plugins() -> list[Any]:
+    """SLURM: Lightning's own requeue is off; GracefulStop saves and requeues instead."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -94,11 +115,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+    from hdsr.callbacks import GracefulStop
     from hdsr.evaluation import bicubic_scores, final_table
+    from hdsr.loggers import build_loggers, finish_wandb, log_final_table, wandb_logger
     from hdsr.module import SRModule
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_resume(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -113,11 +137,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lr_gamma=cfg.optim.lr_gamma,
         val_set_names=datamodule.val_set_names,
         test_set_names=datamodule.test_set_names,
+        channels_last=cfg.runtime.channels_last,
+        compile=cfg.runtime.compile,
+        log_images=cfg.logger.get("wandb", {}).get("log_images", 0) or 0,
     )
-    loggers = build_loggers(cfg, run_dir)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    loggers = build_loggers(
+        cfg, run_dir, ckpt_path is not None, sweep_group(cfg), rank_zero=rank_zero_only.rank == 0
+    )
     first_set = datamodule.val_set_names[0]
+    ckpt_dir = run_dir / "checkpoints"
     ckpt = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
+        dirpath=str(ckpt_dir),
         filename="best",
         monitor=f"val/psnr_y/{first_set}",
         mode="max",
@@ -126,9 +159,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         enable_version_counter=False,  # fixed names in the fixed run directory
     )
     callbacks: list[Any] = [ckpt]
+    every = cfg.checkpoint.get("every_n_train_steps")
+    if every:  # mid-epoch "last" checkpoints, so a killed run loses little
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=int(every),
+                enable_version_counter=False,
+            )
+        )
+    stop = GracefulStop(ckpt_dir / "last.ckpt", requeue=cfg.slurm.requeue)
+    callbacks.append(stop)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -136,11 +181,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(run_dir),
         logger=loggers or False,
         callbacks=callbacks,
+        plugins=_plugins(),
+        use_distributed_sampler=False,  # the DataModule shards patches and images itself
     )
-    wandb_run = None
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {ckpt_path}")
+    exit_code = 1
     try:
-        trainer.fit(module, datamodule=datamodule)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        with single_job_argv():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            stop.restore_handlers()
+            if stop.exit_code is not None:
+                exit_code = stop.exit_code
+                stop.requeue_if_slurm(trainer.is_global_zero)
+                raise SystemExit(exit_code)
+            metrics = _val_metrics(trainer)
+            if not metrics:  # resumed a finished run: nothing was validated this time
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+                metrics = _val_metrics(trainer)
+        if not trainer.is_global_zero:
+            exit_code = 0
+            return {"metrics": metrics}
         bicubic = bicubic_scores(datamodule.val_pairs, cfg.data.scale)
         bicubic_log = {}
         for name, (psnr, ssim) in bicubic.items():
@@ -148,36 +209,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             bicubic_log[f"bicubic/ssim_y/{name}"] = ssim
         for logger in loggers:
             logger.log_metrics(bicubic_log, step=trainer.global_step)
-        for logger in loggers:
-            if type(logger).__name__ == "WandbLogger":
-                wandb_run = logger.experiment
+        log_final_table(loggers, final_rows(cfg.model.name, metrics, bicubic))
+        wb = wandb_logger(loggers)
+        wandb_run = wb.experiment if wb is not None else None
+        csv_dir = next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)
         result = {
             "metrics": metrics,
             "bicubic": bicubic,
             "run_dir": str(run_dir),
-            "checkpoint": ckpt.last_model_path,
+            "checkpoint": ckpt.last_model_path or str(ckpt_dir / "last.ckpt"),
             "best_checkpoint": ckpt.best_model_path,
+            "csv_dir": csv_dir,
             "wandb_dir": getattr(wandb_run, "dir", None),
-            "wandb_offline": wandb_run is not None
-            and wandb_mode(cfg.logger.wandb.get("mode")) == "offline",
+            "wandb_offline": wandb_run is not None and wandb_run.settings._offline,
         }
         final_table(cfg, result)
+        exit_code = 0
         return result
-    except BaseException:
-        _finish_wandb(loggers, exit_code=1)
-        raise
     finally:
-        _finish_wandb(loggers, exit_code=0)
+        stop.restore_handlers()
+        finish_wandb(loggers, exit_code=exit_code)
 
 
-def _finish_wandb(loggers: list[Any], exit_code: int) -> None:
-    """Close this job's W&B run so the next job of a multirun gets its own."""
-    if not any(type(lg).__name__ == "WandbLogger" for lg in loggers):
-        return
-    import wandb
+def _val_metrics(trainer: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
+
+def final_rows(
+    model_name: str, metrics: dict[str, float], bicubic: dict[str, tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Rows (method, set, psnr_y, ssim_y) of the final table, model then bicubic."""
+    rows = []
+    for name, (b_psnr, b_ssim) in bicubic.items():
+        rows.append(
+            {
+                "method": model_name,
+                "set": name,
+                "psnr_y": metrics.get(f"val/psnr_y/{name}", float("nan")),
+                "ssim_y": metrics.get(f"val/ssim_y/{name}", float("nan")),
+            }
+        )
+        rows.append({"method": "bicubic", "set": name, "psnr_y": b_psnr, "ssim_y": b_ssim})
+    return rows
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")

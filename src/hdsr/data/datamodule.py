@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from hdsr.data.datasets import PatchSampler, TrainPatches, WholeImages
+from hdsr.data.datasets import PatchSampler, ShardSampler, TrainPatches, WholeImages
 from hdsr.data.pairs import ImagePair
 from hdsr.models.hdsrnet import check_scale
 
@@ -109,12 +109,36 @@ class SRDataModule(L.LightningDataModule):
                 raise ValueError("data.test_sets is empty: name at least one test set")
             self.test_pairs = {n: src.load(self.scale) for n, src in self.test_sources.items()}
 
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def per_rank_batch_size(self) -> int:
+        """``batch_size`` is the global batch: split over ranks, which must divide it."""
+        _, world = self._rank_world()
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (the global batch) is not divisible by "
+                f"the {world} training processes (trainer.devices x trainer.num_nodes)"
+            )
+        return self.batch_size // world
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
+        rank, world = self._rank_world()
+        batch = self.per_rank_batch_size()
+        trainer = self.trainer
+        sampler = PatchSampler(
+            len(self.train_set),
+            batch,
+            rank,
+            world,
+            step_fn=(lambda: trainer.global_step) if trainer is not None else None,
+        )
         return DataLoader(
             self.train_set,
-            batch_size=self.batch_size,
-            sampler=PatchSampler(len(self.train_set)),
+            batch_size=batch,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -122,10 +146,10 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return _whole_image_loaders(self.val_pairs)
+        return _whole_image_loaders(self.val_pairs, *self._rank_world())
 
     def test_dataloader(self) -> list[DataLoader]:
-        return _whole_image_loaders(self.test_pairs)
+        return _whole_image_loaders(self.test_pairs, *self._rank_world())
 
 
 def resolve_sets(
@@ -145,9 +169,17 @@ def resolve_sets(
     return {name: BenchmarkImages(benchmark_root, name) for name in sets}
 
 
-def _whole_image_loaders(sets: Mapping[str, list[ImagePair]]) -> list[DataLoader]:
+def _whole_image_loaders(
+    sets: Mapping[str, list[ImagePair]], rank: int, world: int
+) -> list[DataLoader]:
+    """Batch-1 loaders; under DDP each rank takes its own images, none repeated."""
     return [
-        DataLoader(WholeImages(pairs, name), batch_size=1, collate_fn=_collate_one)
+        DataLoader(
+            WholeImages(pairs, name),
+            batch_size=1,
+            sampler=ShardSampler(len(pairs), rank, world),
+            collate_fn=_collate_one,
+        )
         for name, pairs in sets.items()
     ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,21 +71,72 @@ class TrainPatches(Dataset):
 
 
 class PatchSampler(Sampler[int]):
-    """Yields ``epoch * n + j`` for ``j < n``; Lightning calls ``set_epoch`` every epoch."""
+    """Patch indices for one rank, resumable mid-epoch.
 
-    def __init__(self, num_samples: int) -> None:
+    An epoch is ``num_samples // global_batch`` steps of ``global_batch`` consecutive
+    indices, starting at ``epoch * num_samples`` (Lightning calls ``set_epoch``). At step
+    ``t`` rank ``r`` takes indices ``t * global_batch + r * batch + [0, batch)``, so the
+    union over ranks of one step is the same global batch whatever the number of ranks.
+
+    ``step_fn`` returns the optimizer steps already taken (the trainer's global step); when
+    an epoch's iterator is created after a mid-epoch checkpoint was restored, the steps
+    this epoch already consumed are skipped, so a resumed run sees exactly the patches an
+    uninterrupted run would. ``len`` is always the full epoch, as Lightning expects.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        step_fn: Callable[[], int] | None = None,
+    ) -> None:
         self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch = self.batch_size * self.world_size
+        self.steps_per_epoch = self.num_samples // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{num_samples} patches per epoch is less than one global batch "
+                f"({self.global_batch})"
+            )
+        self.step_fn = step_fn
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.num_samples
-        return iter(range(start, start + self.num_samples))
+        done = 0
+        if self.step_fn is not None:
+            done = self.step_fn() - self.epoch * self.steps_per_epoch
+            done = min(max(done, 0), self.steps_per_epoch)
+        start = self.epoch * self.num_samples + self.rank * self.batch_size
+        for t in range(done, self.steps_per_epoch):
+            first = start + t * self.global_batch
+            yield from range(first, first + self.batch_size)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.steps_per_epoch * self.batch_size
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of ``n`` items: each item on exactly one rank.
+
+    Unlike ``DistributedSampler`` nothing is padded or repeated, so metrics averaged over
+    the gathered per-item scores count every image once.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
 
 
 class WholeImages(Dataset):

@@ -1,0 +1,114 @@
+"""Callbacks: stop on a signal with a checkpoint, log validation image crops to W&B."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: SIGTERM (scheduler kill), SIGINT (Ctrl-C), SIGUSR1 (SLURM's pre-timeout --signal=USR1@t)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` needs (array jobs: <array job>_<task>), or None."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class GracefulStop(L.Callback):
+    """On SIGTERM, SIGINT or SIGUSR1: finish the current batch, save ``ckpt_path``, stop.
+
+    The checkpoint is written at a batch boundary, so a resumed run continues exactly
+    where this one stopped. Every rank stops together (any rank's signal counts). After
+    ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. Under
+    SLURM, with ``requeue`` on, rank 0 then requeues the job (``scontrol requeue``); the
+    requeued job resumes from ``ckpt_path``. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, ckpt_path: str | Path, requeue: bool = True) -> None:
+        self.ckpt_path = str(ckpt_path)
+        self.requeue = requeue
+        self.received: int | None = None
+        self.saved = False
+        self._previous: dict[int, Any] = {}
+
+    # handlers are installed when training starts, after Lightning registered its own
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(
+            "received %s: stopping after this batch and saving %s",
+            signal.Signals(signum).name,
+            self.ckpt_path,
+        )
+
+    def _maybe_stop(self, trainer: L.Trainer) -> None:
+        if self.saved:
+            return
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        trainer.save_checkpoint(self.ckpt_path)
+        self.saved = True
+        trainer.should_stop = True
+        if self.received is None:  # another rank got the signal
+            self.received = int(signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._maybe_stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._maybe_stop(trainer)
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.received is None else 128 + int(self.received)
+
+    def requeue_if_slurm(self, is_global_zero: bool) -> bool:
+        """Ask SLURM to requeue this job (rank 0 only); True if it was asked."""
+        job = slurm_job_id()
+        if not (self.requeue and is_global_zero and job and self.saved):
+            return False
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if result.returncode != 0:
+            log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
+            return False
+        log.warning("requeued SLURM job %s; it will resume from %s", job, self.ckpt_path)
+        return True
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` region of an HxW(xC) image (smaller images whole)."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[top : top + size, left : left + size]
