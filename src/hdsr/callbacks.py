@@ -14,8 +14,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: SIGTERM (scheduler kill), SIGINT (Ctrl-C), SIGUSR1 (SLURM's pre-timeout --signal=USR1@t)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+#: SIGTERM (kill, scancel), SIGINT (Ctrl-C), and the pre-timeout signals SLURM sends with
+#: --signal: SIGUSR1 (sbatch --signal=USR1@120) or SIGUSR2 (hydra-submitit-launcher)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def slurm_job_id() -> str | None:
@@ -27,13 +29,14 @@ def slurm_job_id() -> str | None:
 
 
 class GracefulStop(L.Callback):
-    """On SIGTERM, SIGINT or SIGUSR1: finish the current batch, save ``ckpt_path``, stop.
+    """On SIGTERM, SIGINT, SIGUSR1 or SIGUSR2: finish the batch, save ``ckpt_path``, stop.
 
     The checkpoint is written at a batch boundary, so a resumed run continues exactly
     where this one stopped. Every rank stops together (any rank's signal counts). After
     ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. Under
-    SLURM, with ``requeue`` on, rank 0 then requeues the job (``scontrol requeue``); the
-    requeued job resumes from ``ckpt_path``. A second Ctrl-C interrupts at once.
+    SLURM, after a pre-timeout signal (USR1/USR2) and with ``requeue`` on, rank 0 requeues
+    the job (``scontrol requeue``); the requeued job resumes from ``ckpt_path``. SIGTERM
+    (e.g. scancel) never requeues. A second Ctrl-C interrupts at once.
     """
 
     def __init__(self, ckpt_path: str | Path, requeue: bool = True) -> None:
@@ -98,6 +101,8 @@ class GracefulStop(L.Callback):
         """Ask SLURM to requeue this job (rank 0 only); True if it was asked."""
         job = slurm_job_id()
         if not (self.requeue and is_global_zero and job and self.saved):
+            return False
+        if self.received not in REQUEUE_SIGNALS:
             return False
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if result.returncode != 0:

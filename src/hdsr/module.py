@@ -66,7 +66,8 @@ class SRModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.net) if compile else self.net
+        # kept out of the module tree, so checkpoints hold the weights once, under net.*
+        object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -9,7 +9,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from hdsr.data.datasets import PatchSampler, ShardSampler, TrainPatches, WholeImages
+from hdsr.data.datasets import (
+    PatchSampler,
+    ShardSampler,
+    StepResumableLoader,
+    TrainPatches,
+    WholeImages,
+)
 from hdsr.data.pairs import ImagePair
 from hdsr.models.hdsrnet import check_scale
 
@@ -135,7 +141,7 @@ class SRDataModule(L.LightningDataModule):
             world,
             step_fn=(lambda: trainer.global_step) if trainer is not None else None,
         )
-        return DataLoader(
+        return StepResumableLoader(
             self.train_set,
             batch_size=batch,
             sampler=sampler,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hdsr.data.pairs import ImagePair
 from hdsr.data.transforms import augment, paired_random_crop, to_tensor_chw
@@ -71,17 +71,15 @@ class TrainPatches(Dataset):
 
 
 class PatchSampler(Sampler[int]):
-    """Patch indices for one rank, resumable mid-epoch.
+    """Patch indices for one rank, as a pure function of the optimizer step.
 
-    An epoch is ``num_samples // global_batch`` steps of ``global_batch`` consecutive
-    indices, starting at ``epoch * num_samples`` (Lightning calls ``set_epoch``). At step
-    ``t`` rank ``r`` takes indices ``t * global_batch + r * batch + [0, batch)``, so the
-    union over ranks of one step is the same global batch whatever the number of ranks.
-
-    ``step_fn`` returns the optimizer steps already taken (the trainer's global step); when
-    an epoch's iterator is created after a mid-epoch checkpoint was restored, the steps
-    this epoch already consumed are skipped, so a resumed run sees exactly the patches an
-    uninterrupted run would. ``len`` is always the full epoch, as Lightning expects.
+    Optimizer step ``t`` uses the global batch ``[t * global_batch, (t + 1) * global_batch)``
+    of patch indices; rank ``r`` takes ``t * global_batch + r * batch + [0, batch)``. So the
+    union over ranks of a step is the same global batch whatever the number of ranks, and
+    a run resumed from any step boundary (``step_fn`` returns the trainer's global step
+    when an epoch's iterator is created) sees exactly the patches an uninterrupted run
+    would, wherever its epochs ended. An epoch is ``num_samples // global_batch`` steps;
+    ``len`` is the full epoch, as Lightning expects.
     """
 
     def __init__(
@@ -106,20 +104,34 @@ class PatchSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this each epoch; without ``step_fn`` the epoch gives the start."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        done = 0
         if self.step_fn is not None:
-            done = self.step_fn() - self.epoch * self.steps_per_epoch
-            done = min(max(done, 0), self.steps_per_epoch)
-        start = self.epoch * self.num_samples + self.rank * self.batch_size
-        for t in range(done, self.steps_per_epoch):
-            first = start + t * self.global_batch
+            first_step = self.step_fn()
+        else:
+            first_step = self.epoch * self.steps_per_epoch
+        for t in range(first_step, first_step + self.steps_per_epoch):
+            first = t * self.global_batch + self.rank * self.batch_size
             yield from range(first, first + self.batch_size)
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.batch_size
+
+
+class StepResumableLoader(DataLoader):
+    """A DataLoader over a ``PatchSampler`` driven by the trainer's global step.
+
+    Its position is fully restored with the checkpoint's global step, so there is no extra
+    state to save; ``state_dict``/``load_state_dict`` tell Lightning it is resumable.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
 
 
 class ShardSampler(Sampler[int]):

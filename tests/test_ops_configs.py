@@ -1,0 +1,152 @@
+"""Operations configs: trainers, precision/runtime switches, experiments, SLURM launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import compose
+from hdsr.callbacks import GracefulStop, slurm_job_id
+from hdsr.data.datamodule import SRDataModule
+from hdsr.data.datasets import PatchSampler, ShardSampler
+from hdsr.models import HDSRNet
+from hdsr.module import SRModule
+
+
+def compose_hydra(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
+        return hydra_compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("cpu", {"accelerator": "cpu", "devices": 1}),
+        ("gpu", {"accelerator": "gpu", "devices": 1}),
+        ("ddp", {"accelerator": "gpu", "devices": -1, "strategy": "ddp"}),
+        ("multi_node", {"accelerator": "gpu", "strategy": "ddp", "num_nodes": 2}),
+        ("ddp_sim", {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}),
+    ],
+)
+def test_trainer_options(option, expected):
+    cfg = compose([f"trainer={option}"])
+    for key, value in expected.items():
+        assert cfg.trainer[key] == value, key
+    assert cfg.trainer.gradient_clip_algorithm == "value"
+
+
+def test_precision_and_runtime_switches_compose():
+    cfg = compose(
+        ["trainer.precision=bf16-mixed", "runtime.channels_last=true", "runtime.compile=true"]
+    )
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.runtime.channels_last and cfg.runtime.compile
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_paper_recipes(scale):
+    cfg = compose([f"experiment=paper_x{scale}"])
+    assert cfg.data.scale == scale and cfg.model.net.scale == scale
+    assert cfg.data.train._target_ == "hdsr.data.div2k.DIV2KImages"
+    assert list(cfg.data.train.ranges) == [[1, 900]]
+    assert cfg.data.patch_size == 128 and cfg.data.batch_size == 64
+    assert cfg.optim.lr == 1e-4 and cfg.optim.lr_step == 300000 and cfg.optim.lr_gamma == 0.5
+    assert cfg.trainer.gradient_clip_val == 10 and cfg.trainer.max_steps == 1_200_000
+
+
+def test_table1_experiment_sweeps_x4_on_urban100():
+    cfg = compose(["experiment=table1", "model=ablation/r4_no_dilated"])
+    assert cfg.data.scale == 4 and list(cfg.data.val_sets) == ["Urban100"]
+    assert cfg.sweep_name == "table1" and cfg.model.name == "r4_no_dilated"
+
+
+def test_slurm_launcher_configs():
+    cfg = compose_hydra(["launcher=slurm"])
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    assert launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0
+    node = compose_hydra(["launcher=slurm_node", "trainer.devices=8"])
+    assert node.hydra.launcher.tasks_per_node == 8 and node.trainer.strategy == "ddp"
+
+
+def test_run_name_and_job_dirs():
+    cfg = compose_hydra(["model=ablation/r7_upper_only", "data.scale=4", "seed=3"])
+    assert cfg.run_name == "r7_upper_only_x4_s3"
+
+
+# -- global batch, sharding, resumable patch order -------------------------------------
+class _FakeTrainer:
+    def __init__(self, rank, world, step=0):
+        self.global_rank, self.world_size, self.global_step = rank, world, step
+
+
+def test_global_batch_is_split_and_must_divide():
+    dm = SRDataModule(2, train=None, val_sets={"a": None}, batch_size=8)
+    dm.trainer = _FakeTrainer(0, 2)
+    assert dm.per_rank_batch_size() == 4
+    dm.trainer = _FakeTrainer(0, 3)
+    with pytest.raises(ValueError, match=r"data.batch_size=8 .* not divisible by the 3"):
+        dm.per_rank_batch_size()
+
+
+def test_ranks_together_see_the_single_process_batches():
+    single = list(PatchSampler(16, batch_size=4))
+    r0 = list(PatchSampler(16, batch_size=2, rank=0, world_size=2))
+    r1 = list(PatchSampler(16, batch_size=2, rank=1, world_size=2))
+    for step in range(4):
+        got = sorted(r0[2 * step : 2 * step + 2] + r1[2 * step : 2 * step + 2])
+        assert got == single[4 * step : 4 * step + 4]
+
+
+def test_patch_sampler_starts_at_the_trainers_step():
+    step = {"n": 0}
+    s = PatchSampler(12, batch_size=3, step_fn=lambda: step["n"])
+    assert list(s) == list(range(12))
+    step["n"] = 6  # e.g. resumed at step 6, wherever the epochs ended
+    assert list(s)[:6] == list(range(18, 24)) and len(s) == 12
+
+
+def test_shard_sampler_covers_each_item_once():
+    shards = [list(ShardSampler(5, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(5))
+
+
+# -- runtime switches give the same numbers --------------------------------------------
+def test_channels_last_module_matches_default():
+    torch.manual_seed(0)
+    net = HDSRNet(2, n_feats=8, n_blocks=1, lower_layers=2)
+    ref = SRModule(net, scale=2)
+    x = torch.rand(2, 3, 10, 9) * 255
+    with torch.no_grad():
+        expected = ref(x)
+        fast = SRModule(net, scale=2, channels_last=True)
+        got = fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+# -- signals ----------------------------------------------------------------------------
+def test_graceful_stop_records_signal_and_restores_handlers():
+    stop = GracefulStop("/tmp/x.ckpt")
+    before = signal.getsignal(signal.SIGTERM)
+    stop.on_train_start(None, None)
+    assert signal.getsignal(signal.SIGTERM) == stop._handle
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert stop.received == signal.SIGUSR1 and stop.exit_code == 128 + signal.SIGUSR1
+    stop.restore_handlers()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_slurm_job_id(monkeypatch):
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert slurm_job_id() == "77"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert slurm_job_id() == "70_3"
