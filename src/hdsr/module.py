@@ -38,6 +38,9 @@ class SRModule(L.LightningModule):
             so checkpoints keep plain key names).
         log_images: per validation set, how many images get SR/bicubic/HR crops logged to
             image-capable loggers (W&B).
+        net_config: the Hydra config that built ``net`` (``_target_`` and arguments); kept
+            in the checkpoint so ``hdsr.checkpoints.load_model`` can rebuild the network.
+        model_name: the variant's name (``model.name``), kept in the checkpoint.
     """
 
     def __init__(
@@ -54,6 +57,8 @@ class SRModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         log_images: int = 2,
+        net_config: dict | None = None,
+        model_name: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])

@@ -140,6 +140,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         channels_last=cfg.runtime.channels_last,
         compile=cfg.runtime.compile,
         log_images=cfg.logger.get("wandb", {}).get("log_images", 0) or 0,
+        net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
+        model_name=cfg.model.name,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
