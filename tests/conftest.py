@@ -8,7 +8,7 @@ import pytest
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "model" / "ablation").glob("*.yaml"))
-MODEL_OPTIONS = ["hdsrnet"] + [f"ablation/{a}" for a in ABLATIONS]
+MODEL_OPTIONS = ["hdsrnet"] + [f"ablation/{a}" for a in ABLATIONS]  # the trainable ones
 
 
 def compose(overrides: list[str]):

@@ -1,4 +1,4 @@
-"""Console entry points: ``hdsr-train`` and ``hdsr-prepare`` (Hydra apps + pattern expansion).
+"""Console entry points: ``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval`` (Hydra apps).
 
 Hydra cannot sweep a nested config group as users type it (``-m model=ablation/*``): it
 looks for an option literally named ``ablation/*``. Before Hydra sees the command line,
@@ -194,3 +194,14 @@ def prepare_main() -> None:
     from hdsr.train import prepare_hydra_main
 
     prepare_hydra_main()
+
+
+def eval_main() -> None:
+    """Entry point of ``hdsr-eval``: paper-protocol tables from checkpoints."""
+    from hdsr.evaluate import CONFIG_MODULE
+
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    sys.argv[1:] = argv
+    from hdsr.evaluate import hydra_main
+
+    hydra_main()

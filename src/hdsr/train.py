@@ -35,6 +35,11 @@ def check_config(cfg: DictConfig) -> None:
     scale = cfg.data.get("scale")
     if isinstance(scale, bool) or scale not in SCALES:
         raise ConfigError(f"data.scale must be one of {list(SCALES)}, got {scale!r}")
+    target = str(cfg.model.net.get("_target_", ""))
+    if target.endswith("BicubicUpsampler"):
+        raise ConfigError(
+            "model=bicubic has no parameters to train; evaluate it with hdsr-eval model=bicubic"
+        )
     for key in ("patch_size", "batch_size", "patches_per_epoch"):
         value = cfg.data.get(key)
         if value is not None and value < 1:

@@ -1,0 +1,127 @@
+"""hdsr-eval and hdsr-report on tiny generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datatrees import make_benchmark
+from hdsr.data.io import write_png
+from test_train_e2e import read_csv, run
+
+pytestmark = pytest.mark.slow
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    """Set5 = four scikit-image photos (MATLAB fixture values known); others generated."""
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("benchmark")
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        write_png(root / "Set5" / "HR" / f"{name}.png", np.asarray(getattr(skimage.data, name)()))
+    make_benchmark(root, "Set14", 2, gray=(1,), size=(40, 44))
+    make_benchmark(root, "BSD100", 2, scales=(2,), size=(36, 40))
+    make_benchmark(root, "Urban100", 1, size=(48, 48))
+    return root
+
+
+def test_bicubic_model_reproduces_the_matlab_protocol(tmp_path, bench):
+    proc = run(
+        f"hdsr-eval model=bicubic data.scale=2 data.benchmark_root={bench} logger=csv", tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "eval" / "bicubic"
+    per_image = read_csv(out / "per_image.csv")
+    assert len(per_image) == 4 + 2 + 2 + 1
+    for r in per_image:
+        if r["set"] == "Set5":
+            ref = FIXTURE["images"][r["image"]]["x2"]
+            assert float(r["psnr_y"]) == pytest.approx(ref["bicubic_psnr_y"], abs=1e-6)
+            assert float(r["ssim_y"]) == pytest.approx(ref["bicubic_ssim_y"], abs=1e-6)
+            assert float(r["bicubic_psnr_y"]) == float(r["psnr_y"])
+    md = (out / "results.md").read_text()
+    assert "| bicubic (ours) | x2 |" in md
+    assert "33.66/0.9299" in md and "37.95/0.9604" in md  # the paper's rows beside ours
+    summary = read_csv(out / "results.csv")
+    assert {r["set"] for r in summary} == {"Set5", "Set14", "B100", "Urban100"}
+    assert "bicubic (paper)" in proc.stdout and "HDSRNet (paper)" in proc.stdout
+
+
+def test_eval_checkpoints_official_and_ours_with_options(tmp_path, bench):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from official_reference import RefHDSRNet
+
+    torch.manual_seed(0)
+    pt = tmp_path / "HDSRNet_x2.pt"
+    torch.save(RefHDSRNet(2).state_dict(), pt)
+    train = run(
+        "hdsr-train model=ablation/r1_six_conv logger=csv trainer.max_steps=1 "
+        "trainer.limit_val_batches=1 data.patches_per_epoch=2 data.batch_size=2 data.patch_size=32",
+        tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    ours = tmp_path / "runs" / "r1_six_conv_x2_s0" / "checkpoints" / "last.ckpt"
+    cmd = (
+        f"hdsr-eval 'ckpt=[{pt},{ours}]' data.benchmark_root={bench} 'data.test_sets=[Set14,B100]' "
+        "self_ensemble=true tile=16 tile_overlap=8 save_images=true"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "eval" / "HDSRNet_x2+r1_six_conv_x2_s0"
+    rows = read_csv(out / "per_image.csv")
+    assert {r["model"] for r in rows} == {"HDSRNet (official)", "r1_six_conv"}
+    assert len(rows) == 2 * (2 + 2)
+    gray = [r for r in rows if r["set"] == "Set14" and r["image"] == "img_001"]
+    assert gray and all(np.isfinite(float(r["psnr_y"])) for r in gray)
+    assert (out / "images" / "r1_six_conv" / "B100" / "img_000_x2.png").is_file()
+    md = (out / "results.md").read_text()
+    assert "| r1_six_conv (ours) | x2 |" in md and "| HDSRNet (official) (ours) | x2 |" in md
+    assert "33.52/0.9170" in md  # published HDSRNet x2 Set14
+    # W&B (default logger, offline without a key): one eval run with the tables
+    from test_ops_e2e import wandb_records
+
+    rec = wandb_records(out / "wandb")
+    assert rec["run"]["job_type"] == "eval" and rec["exit_code"] == 0
+    keys = set().union(*rec["history"])
+    assert any(k.startswith("eval/results") for k in keys)
+
+
+def test_eval_errors_are_clear(tmp_path, bench):
+    proc = run(f"hdsr-eval model=bicubic data.benchmark_root={bench} logger=csv", tmp_path)
+    assert proc.returncode != 0 and "model=bicubic needs data.scale" in proc.stderr
+    proc = run(f"hdsr-eval data.benchmark_root={bench} logger=csv", tmp_path)
+    assert proc.returncode != 0 and "nothing to evaluate" in proc.stderr
+    proc = run(f"hdsr-eval ckpt={tmp_path}/none.pt data.benchmark_root={bench}", tmp_path)
+    assert proc.returncode != 0 and "none.pt does not exist" in proc.stderr
+
+
+def test_report_builds_table_and_plot(tmp_path):
+    cmd = (
+        "hdsr-train -m model=ablation/r1_six_conv,ablation/r9_hdsrnet sweep_name=t1 logger=csv "
+        "trainer.max_steps=4 trainer.limit_val_batches=1 data.patches_per_epoch=4 "
+        "data.batch_size=2 data.patch_size=32"
+    )
+    assert run(cmd, tmp_path).returncode == 0
+    sweep = tmp_path / "runs" / "t1"
+    proc = run(f"hdsr-report {sweep} --macs-input 32x32", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (sweep / "ablation.md").read_text()
+    assert "| r1_six_conv | x2 |" in md and "| r9_hdsrnet | x2 |" in md
+    assert "25.13/0.7525" in md and "26.01/0.7827" in md  # Table I beside each row
+    assert "1,818,496" in md  # r9 = HDSRNet x2 parameters
+    with open(sweep / "ablation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["psnr_y"]) > 0 and int(r["macs"]) > 0 for r in rows)
+    png = sweep / "val_psnr.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run(f"hdsr-report {tmp_path}", tmp_path)
+    assert bad.returncode == 2 and "holds no runs" in bad.stderr
