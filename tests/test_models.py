@@ -214,3 +214,39 @@ def test_lower_net_symmetric_pairing_matches_eq4():
 def test_bad_scale_is_an_error(bad):
     with pytest.raises(ValueError, match="scale"):
         HDSRNet(bad)
+
+
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_paths_match_the_plain_formulation(model_configs, option, scale, channels_last):
+    """channels_last and the sub-pixel tail give the plain NCHW outputs and gradients."""
+    cfg = model_configs[(option, scale)].net
+    torch.manual_seed(1)
+    plain = instantiate(cfg, channels_last=False, subpixel_tail=False).double()
+    fast = instantiate(cfg, channels_last=channels_last, subpixel_tail=True)
+    fast.load_state_dict({k: v.float() for k, v in plain.state_dict().items()})
+    lr = torch.rand(2, 3, 7, 6, dtype=torch.float64) * 255
+    hr = torch.rand(2, 3, 7 * scale, 6 * scale, dtype=torch.float64) * 255
+    ref = plain(lr)
+    F.l1_loss(ref, hr).backward()
+    out = fast(lr.float())
+    F.l1_loss(out, hr.float()).backward()
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) <= 1e-5
+    grads = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        g, g_ref = p.grad.double(), grads[name].grad
+        rel = (g - g_ref).norm() / g_ref.norm().clamp_min(1e-30)
+        assert rel <= 1e-3, (name, float(rel))
+
+
+def test_subpixel_kernel_equals_conv_after_shuffle():
+    from hdsr.models.hdsrnet import subpixel_conv_weight
+
+    torch.manual_seed(0)
+    for r in (2, 3):
+        w = torch.randn(3, 5, 3, 3, dtype=torch.float64)
+        y = torch.randn(1, 5 * r * r, 4, 6, dtype=torch.float64)
+        expected = F.conv2d(F.pixel_shuffle(y, r), w, padding=1)
+        got = F.pixel_shuffle(F.conv2d(y, subpixel_conv_weight(w, r), padding=1), r)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hdsr.models.layers import ConvReLU, DynamicConv2d, MeanShift, conv3x3
@@ -130,16 +131,52 @@ class Upsampler(nn.Sequential):
         super().__init__(*layers)
 
 
-class ConstructionBlock(nn.Module):
-    """CB: sub-pixel upsampler, then Conv 3x3 (n_feats -> 3, no bias) at the HR size."""
+def subpixel_conv_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
+    """The LR-grid kernel equal to a 3x3 conv applied after ``PixelShuffle(r)``.
 
-    def __init__(self, scale: int, n_feats: int = 64, out_channels: int = 3) -> None:
+    ``conv(pixel_shuffle(y, r), weight)`` equals ``pixel_shuffle(conv(y, W), r)`` with
+    ``W`` of shape ``(C_out * r^2, C_in * r^2, 3, 3)``: HR tap ``(sy + dy, sx + dx)`` of the
+    output sub-pixel ``(sy, sx)`` reads LR offset ``floor((s + d) / r)`` and input sub-pixel
+    ``(s + d) mod r``. Same padding semantics (zeros), so the results agree to rounding.
+    """
+    c_out, c_in = weight.shape[:2]
+    w = weight.new_zeros(c_out, r, r, c_in, r, r, 3, 3)
+    for sy in range(r):
+        for sx in range(r):
+            for dy in (-1, 0, 1):
+                qy, py = divmod(sy + dy, r)
+                for dx in (-1, 0, 1):
+                    qx, px = divmod(sx + dx, r)
+                    w[:, sy, sx, :, py, px, qy + 1, qx + 1] += weight[:, :, dy + 1, dx + 1]
+    return w.reshape(c_out * r * r, c_in * r * r, 3, 3)
+
+
+class ConstructionBlock(nn.Module):
+    """CB: sub-pixel upsampler, then Conv 3x3 (n_feats -> 3, no bias) at the HR size.
+
+    With ``subpixel_tail`` (the default) the final conv runs before the last pixel
+    shuffle, as the equivalent LR-grid conv (``subpixel_conv_weight``): the same function
+    of the same parameters, but one wide conv instead of a 3-output-channel conv on the
+    HR grid, which is slow on CPUs. The parameters and their names do not change.
+    """
+
+    def __init__(
+        self, scale: int, n_feats: int = 64, out_channels: int = 3, subpixel_tail: bool = True
+    ) -> None:
         super().__init__()
         self.upsample = Upsampler(scale, n_feats)
         self.conv = conv3x3(n_feats, out_channels)
+        self.subpixel_tail = subpixel_tail
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.upsample(x))
+        if not self.subpixel_tail:
+            return self.conv(self.upsample(x))
+        *body, shuffle = list(self.upsample)
+        for layer in body:
+            x = layer(x)
+        r = shuffle.upscale_factor
+        weight = subpixel_conv_weight(self.conv.weight, r)
+        return F.pixel_shuffle(F.conv2d(x, weight, padding=1), r)
 
 
 class HDSRNet(nn.Module):
@@ -156,6 +193,10 @@ class HDSRNet(nn.Module):
         lower_layers: layers in the lower net (16).
         temperature: dynamic-conv softmax temperature (40).
         rgb_range: pixel value range of inputs and outputs (255).
+        channels_last: run in the channels_last memory format (weights and activations);
+            the fast path on CPUs (oneDNN) and tensor-core GPUs. Same results.
+        subpixel_tail: run the final conv before the last pixel shuffle (same function of
+            the same weights; see ``ConstructionBlock``).
 
     Input ``(B, 3, H, W)``, output ``(B, 3, scale*H, scale*W)``, both on 0..rgb_range.
     """
@@ -171,9 +212,12 @@ class HDSRNet(nn.Module):
         lower_layers: int = 16,
         temperature: float = 40.0,
         rgb_range: float = 255.0,
+        channels_last: bool = True,
+        subpixel_tail: bool = True,
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
+        self.channels_last = channels_last
         if lower not in LOWER_KINDS:
             raise ValueError(f"lower must be one of {LOWER_KINDS}, got {lower!r}")
         self.sub_mean = MeanShift(-1, rgb_range)
@@ -181,10 +225,14 @@ class HDSRNet(nn.Module):
         self.lower = (
             LowerNet(n_feats, lower_layers, symmetric=lower == "symmetric") if lower else None
         )
-        self.tail = ConstructionBlock(self.scale, n_feats)
+        self.tail = ConstructionBlock(self.scale, n_feats, subpixel_tail=subpixel_tail)
         self.add_mean = MeanShift(+1, rgb_range)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.sub_mean(x)
         feats = self.upper(x)
         if self.lower is not None:
