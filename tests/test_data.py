@@ -106,3 +106,22 @@ def test_demo_train_and_validation_images_differ():
     cfg = compose([])
     train, val = set(cfg.data.train.names), set(cfg.data.val_sets.demo.names)
     assert train and val and not train & val
+
+
+def test_device_resident_loader_gives_the_dataloader_batches():
+    from torch.utils.data import DataLoader
+
+    from hdsr.data.datasets import DevicePatchLoader
+
+    pairs = [_pair(40, 56, 2, seed=0), _pair(44, 50, 2, seed=1)]
+    ds = TrainPatches(pairs, scale=2, hr_patch=16, patches_per_epoch=12, seed=5)
+    step = {"n": 0}
+    host = DataLoader(ds, batch_size=3, sampler=PatchSampler(12, 3, step_fn=lambda: step["n"]))
+    dev = DevicePatchLoader(ds, PatchSampler(12, 3, step_fn=lambda: step["n"]), "cpu")
+    assert len(dev) == len(host) == 4
+    for a, b in zip(host, dev, strict=True):
+        torch.testing.assert_close(a["lr"], b["lr"], rtol=0, atol=0)
+        torch.testing.assert_close(a["hr"], b["hr"], rtol=0, atol=0)
+    step["n"] = 2  # resumed at step 2: the same later batches
+    first_host = next(iter(host))
+    torch.testing.assert_close(next(iter(dev))["hr"], first_host["hr"], rtol=0, atol=0)

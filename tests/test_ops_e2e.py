@@ -297,3 +297,11 @@ def test_compile_option_trains(tmp_path):
         weights_only=False,
     )["state_dict"]
     assert all(k.startswith("net.") and "_orig_mod" not in k for k in state)
+
+
+def test_device_resident_training_runs(tmp_path):
+    proc = run(
+        f"hdsr-train data.device_resident=true logger=csv trainer.max_steps=2 {TINY}", tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt").is_file()

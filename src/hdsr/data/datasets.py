@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hdsr.data.pairs import ImagePair
-from hdsr.data.transforms import augment, paired_random_crop, to_tensor_chw
+from hdsr.data.transforms import augment, to_tensor_chw
 
 
 def lr_patch_size(hr_patch: int, scale: int) -> int:
@@ -60,13 +60,26 @@ class TrainPatches(Dataset):
     def __len__(self) -> int:
         return self.patches_per_epoch
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def patch_params(self, index: int) -> tuple[int, int, int, bool, bool, bool]:
+        """(image, LR top, LR left, hflip, vflip, transpose) of patch ``index``."""
         rng = np.random.default_rng((self.seed, int(index)))
-        pair = self.pairs[int(rng.integers(len(self.pairs)))]
-        lr, hr = paired_random_crop(pair.lr, pair.hr, self.lr_patch, self.scale, rng, pair.name)
+        image = int(rng.integers(len(self.pairs)))
+        pair = self.pairs[image]
+        lh, lw = pair.lr.shape[:2]
+        top = int(rng.integers(0, lh - self.lr_patch + 1))
+        left = int(rng.integers(0, lw - self.lr_patch + 1))
+        flips = (False, False, False)
         if self.flips:
-            hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
-            lr, hr = augment([lr, hr], hflip, vflip, transpose)
+            flips = tuple(bool(b) for b in rng.integers(0, 2, size=3))
+        return (image, top, left, *flips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, top, left, hflip, vflip, transpose = self.patch_params(index)
+        pair = self.pairs[image]
+        p, s = self.lr_patch, self.scale
+        lr = pair.lr[top : top + p, left : left + p]
+        hr = pair.hr[top * s : (top + p) * s, left * s : (left + p) * s]
+        lr, hr = augment([lr, hr], hflip, vflip, transpose)
         return {"lr": to_tensor_chw(lr), "hr": to_tensor_chw(hr)}
 
 
@@ -169,3 +182,64 @@ class WholeImages(Dataset):
     def __getitem__(self, index: int) -> dict:
         p = self.pairs[index]
         return {"lr": to_tensor_chw(p.lr), "hr": torch.from_numpy(p.hr), "name": p.name}
+
+
+class DevicePatchLoader:
+    """Training batches cropped on ``device`` from decoded images kept there.
+
+    The decoded uint8 images move to the device once; each step's patches are the same
+    ones ``TrainPatches`` gives for the same indices (same crops and flips, from the same
+    index-seeded parameters), cut and flipped on the device, so a fast GPU never waits on
+    host-side loading. Batches are dicts of ``(B, 3, h, w)`` float32 tensors on 0..255.
+    Resumes like ``StepResumableLoader`` (the ``PatchSampler`` follows the global step).
+    """
+
+    def __init__(
+        self, patches: TrainPatches, sampler: PatchSampler, device: str | torch.device
+    ) -> None:
+        self.patches = patches
+        self.sampler = sampler  # Lightning calls sampler.set_epoch
+        self.batch_size = sampler.batch_size
+        self.device = torch.device(device)
+        self.lr = [self._to_device(p.lr) for p in patches.pairs]
+        self.hr = [self._to_device(p.hr) for p in patches.pairs]
+
+    def _to_device(self, img: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(img)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def _patch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, top, left, hflip, vflip, transpose = self.patches.patch_params(index)
+        p, s = self.patches.lr_patch, self.patches.scale
+        lr = self.lr[image][top : top + p, left : left + p]
+        hr = self.hr[image][top * s : (top + p) * s, left * s : (left + p) * s]
+        out = []
+        for img in (lr, hr):
+            if hflip:
+                img = img.flip(1)
+            if vflip:
+                img = img.flip(0)
+            if transpose:
+                img = img.transpose(0, 1)
+            out.append(img.permute(2, 0, 1))
+        return out[0], out[1]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        indices = list(iter(self.sampler))
+        for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):
+            pairs = [self._patch(i) for i in indices[start : start + self.batch_size]]
+            yield {
+                "lr": torch.stack([p[0] for p in pairs]).float(),
+                "hr": torch.stack([p[1] for p in pairs]).float(),
+            }
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
