@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 GLOB_CHARS = "*?["
@@ -34,7 +35,8 @@ class UsageError(SystemExit):
     """Exit with status 2 and a message on stderr, like argparse."""
 
     def __init__(self, message: str) -> None:
-        print(f"hdsr-train: error: {message}", file=sys.stderr)
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+        print(f"{prog}: error: {message}", file=sys.stderr)
         super().__init__(2)
 
 
@@ -92,11 +94,11 @@ def expand_group_patterns(argv: Sequence[str], config_module: str) -> list[str]:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     for pos, text in overrides:
         key, value = text.split("=", 1)
-        if not any(c in value for c in GLOB_CHARS) or "(" in value:
+        if not any(c in value for c in GLOB_CHARS) or "(" in value or value[:1] in "[{'\"":
             continue
         group_key = key.lstrip("+~")
-        if "." in group_key:  # a value override, not a config group
-            continue
+        if "." in group_key or not group_options(group_key, config_module):
+            continue  # a value override (or an unknown key: Hydra reports it)
         expanded: list[str] = []
         for part in value.split(","):
             if not any(c in part for c in GLOB_CHARS):
