@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from hdsr.profile import count_macs  # noqa: E402
-
 from hdsr.models import load_official  # noqa: E402
+from hdsr.profile import count_macs  # noqa: E402
 from official_reference import RefHDSRNet  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 GLOB_CHARS = "*?["
 #: config groups of the primary config (the left side of group overrides)

@@ -1,0 +1,242 @@
+"""``hdsr-upscale``: inputs, output modes and sizes, failures, exit status."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hdsr.checkpoints import load_model
+from hdsr.data.imresize import imresize
+from hdsr.inference import upscale
+from hdsr.models import HDSRNet
+from hdsr.upscale import image_files, load_image, main
+
+TINY = {
+    "_target_": "hdsr.models.HDSRNet",
+    "scale": 2,
+    "n_feats": 8,
+    "n_blocks": 1,
+    "lower_layers": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An hdsr-train-style checkpoint of a tiny HDSRNet x2 (8 features, 1 block)."""
+    torch.manual_seed(0)
+    net = HDSRNet(**{k: v for k, v in TINY.items() if k != "_target_"})
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"net_config": TINY, "scale": 2, "model_name": "tiny"},
+        },
+        path,
+    )
+    return path
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png16(path: Path, a: np.ndarray) -> None:
+    """Write a 16-bit-per-channel RGB PNG (PIL would read it back as 8-bit RGB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _expected_rgb(ckpt: Path, rgb: np.ndarray) -> np.ndarray:
+    """What the CLI should write for an RGB array (untiled, float32)."""
+    model = load_model(ckpt)
+    lr = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float()
+    sr = upscale(model.net, lr, model.scale)
+    return sr[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict[str, Path]:
+    """A folder of good, refused and broken images, and a loose file outside it."""
+    d = tmp_path / "in"
+    d.mkdir()
+    paths = {}
+    Image.fromarray(_rgb(12, 10, 1)).save(d / "a_rgb.png")
+    Image.fromarray(_rgb(9, 11, 2)).save(d / "b_photo.jpg", quality=95)
+    Image.fromarray(_rgb(10, 8, 3)[:, :, 0]).save(d / "c_gray.png")
+    rgba = np.dstack([_rgb(8, 9, 4), np.linspace(0, 255, 72).reshape(8, 9).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(d / "d_rgba.png")
+    Image.fromarray(rgba[:, :, [0, 3]], "LA").save(d / "e_la.png")
+    Image.fromarray(_rgb(7, 9, 5)).convert("P").save(d / "f_palette.png")
+    Image.fromarray((np.arange(80).reshape(8, 10) * 800).astype(np.uint16)).save(d / "g_16bit.png")
+    good = (d / "a_rgb.png").read_bytes()
+    (d / "h_truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "i_garbage.png").write_bytes(b"\x89PNG not really" + bytes(range(200)))
+    (d / "notes.txt").write_text("not an image, not picked up from the folder")
+    loose = tmp_path / "loose.png"
+    Image.fromarray(_rgb(6, 7, 6)).save(loose)
+    paths.update(folder=d, loose=loose)
+    return paths
+
+
+def test_folders_expand_to_sorted_image_files(inputs):
+    files = image_files([inputs["folder"], inputs["loose"]])
+    names = [p.name for p in files]
+    assert "notes.txt" not in names
+    assert names[:-1] == sorted(names[:-1]) and names[-1] == "loose.png"
+    assert len(names) == 10
+
+
+def test_cli_writes_every_good_image_and_reports_the_rest(tiny_ckpt, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        [str(inputs["folder"]), str(inputs["loose"]), "-o", str(out)]
+        + ["--ckpt", str(tiny_ckpt), "--device", "cpu"]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [
+        "a_rgb_x2.png",
+        "b_photo_x2.png",
+        "c_gray_x2.png",
+        "d_rgba_x2.png",
+        "e_la_x2.png",
+        "f_palette_x2.png",
+        "loose_x2.png",
+    ]  # nothing for the failures, no temporary files left
+    for stem in ("g_16bit", "h_truncated", "i_garbage"):
+        assert f"{stem}.png" in err
+    assert "16-bit" in err and "3 failed" in err
+
+    modes = {p.stem: (Image.open(p).mode, Image.open(p).size) for p in out.iterdir()}
+    assert modes["a_rgb_x2"] == ("RGB", (20, 24))  # PIL sizes are (W, H)
+    assert modes["b_photo_x2"] == ("RGB", (22, 18))
+    assert modes["c_gray_x2"] == ("L", (16, 20))
+    assert modes["d_rgba_x2"] == ("RGBA", (18, 16))
+    assert modes["e_la_x2"] == ("LA", (18, 16))
+    assert modes["f_palette_x2"] == ("RGB", (18, 14))
+    assert modes["loose_x2"] == ("RGB", (14, 12))
+
+    rgb = np.asarray(Image.open(inputs["folder"] / "a_rgb.png"))
+    assert np.array_equal(
+        np.asarray(Image.open(out / "a_rgb_x2.png")), _expected_rgb(tiny_ckpt, rgb)
+    )
+
+
+def test_gray_and_alpha_outputs(tiny_ckpt, inputs, tmp_path):
+    out = tmp_path / "out"
+    d = inputs["folder"]
+    files = [d / "c_gray.png", d / "d_rgba.png"]
+    assert main([*map(str, files), "-o", str(out), "--ckpt", str(tiny_ckpt)]) == 0
+
+    gray = np.asarray(Image.open(d / "c_gray.png"))
+    model = load_model(tiny_ckpt)
+    lr = torch.from_numpy(np.repeat(gray[:, :, None], 3, 2)).permute(2, 0, 1)[None].float()
+    sr = upscale(model.net, lr, 2)[0]
+    expected = sr.mean(0).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(Image.open(out / "c_gray_x2.png")), expected)
+
+    rgba = np.asarray(Image.open(d / "d_rgba.png"))
+    got = np.asarray(Image.open(out / "d_rgba_x2.png"))
+    assert np.array_equal(got[:, :, 3], imresize(np.ascontiguousarray(rgba[:, :, 3]), 2))
+    assert np.array_equal(got[:, :, :3], _expected_rgb(tiny_ckpt, rgba[:, :, :3].copy()))
+
+
+def test_success_exit_status_tiling_and_options(tiny_ckpt, tmp_path):
+    img = tmp_path / "p.png"
+    Image.fromarray(_rgb(20, 24, 7)).save(img)
+    rc = main([str(img), "-o", str(tmp_path / "untiled"), "--ckpt", str(tiny_ckpt)])
+    assert rc == 0
+    rc = main(
+        [str(img), "-o", str(tmp_path / "tiled"), "--ckpt", str(tiny_ckpt)]
+        + ["--tile", "8", "--overlap", "16"]
+    )
+    assert rc == 0
+    a = np.asarray(Image.open(tmp_path / "untiled" / "p_x2.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "tiled" / "p_x2.png")).astype(int)
+    assert np.abs(a - b).max() <= 1
+    rc = main(
+        [str(img), "-o", str(tmp_path / "local"), "--ckpt", str(tiny_ckpt), "--tile", "8"]
+        + ["--tile-attention", "local"]
+    )
+    assert rc == 0 and Image.open(tmp_path / "local" / "p_x2.png").size == (48, 40)
+    rc = main(
+        [str(img), "-o", str(tmp_path / "ens"), "--ckpt", str(tiny_ckpt)]
+        + ["--self-ensemble", "--precision", "bf16", "--device", "auto"]
+    )
+    assert rc == 0 and Image.open(tmp_path / "ens" / "p_x2.png").size == (48, 40)
+
+
+def test_official_checkpoint_and_name_collisions(tmp_path, capsys):
+    from official_reference import RefHDSRNet
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "HDSRNet_x3.pt"
+    torch.save(RefHDSRNet(3).state_dict(), ckpt)
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(_rgb(6, 5)).save(d / "x.png")
+    Image.fromarray(_rgb(6, 5)).save(d / "x.bmp")
+    rc = main([str(d), "-o", str(tmp_path / "out"), "--ckpt", str(ckpt)])
+    assert rc == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x_x3.png"]
+    assert Image.open(tmp_path / "out" / "x_x3.png").size == (15, 18)
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_and_no_images(tmp_path, tiny_ckpt):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"nope")
+    img = tmp_path / "p.png"
+    Image.fromarray(_rgb(4, 4)).save(img)
+    assert main([str(img), "-o", str(tmp_path / "o"), "--ckpt", str(junk)]) == 2
+    if not torch.cuda.is_available():
+        assert (
+            main(
+                [str(img), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt)]
+                + ["--device", "cuda"]
+            )
+            == 2
+        )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt)]) == 1
+
+
+def test_load_image_modes(inputs):
+    d = inputs["folder"]
+    assert load_image(d / "c_gray.png").gray
+    la = load_image(d / "e_la.png")
+    assert la.gray and la.alpha is not None and la.rgb.shape == (8, 9, 3)
+    assert load_image(d / "f_palette.png").alpha is None
+    with pytest.raises(ValueError, match="g_16bit.png"):
+        load_image(d / "g_16bit.png")
+
+
+def test_16_bit_colour_png_is_refused_not_truncated(tmp_path, tiny_ckpt, capsys):
+    deep = tmp_path / "deep_rgb.png"
+    _png16(deep, np.random.default_rng(0).integers(0, 65536, (6, 5, 3)).astype(np.uint16))
+    assert Image.open(deep).mode == "RGB"  # PIL alone would silently drop the low bytes
+    with pytest.raises(ValueError, match="16 bits per channel"):
+        load_image(deep)
+    assert main([str(deep), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt)]) == 1
+    assert "deep_rgb.png" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "deep_rgb_x2.png").exists()
