@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast lint wheel bench-data clean
+.PHONY: help venv install dev demo test test-fast lint wheel bench-data bench-speed clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ wheel: dev  ## build the wheel into dist/
 
 bench-data: dev  ## training-data throughput: decoded cache vs PNG per patch (~1 min)
 	$(BIN)/python experiments/benchmarks/bench_data.py
+
+bench-speed: dev  ## forward and training speed vs the authors' formulation (~5 min on a CPU)
+	$(BIN)/python experiments/benchmarks/bench_speed.py
 
 clean:  ## remove build outputs and runs/ (keeps .venv)
 	rm -rf build dist src/*.egg-info runs .pytest_cache
