@@ -232,7 +232,7 @@ def global_dynamic_means(
             raise RuntimeError("the dynamic convs ran in a different order on another tile")
         r, rem = divmod(x.shape[-2], t.wy1 - t.wy0)
         if rem or r < 1 or x.shape[-1] != r * (t.wx1 - t.wx0):
-            raise NotImplementedError(
+            raise ValueError(
                 f"a dynamic conv input of size {tuple(x.shape[-2:])} is not a multiple of "
                 f"its {t.wy1 - t.wy0}x{t.wx1 - t.wx0} tile"
             )
