@@ -250,3 +250,26 @@ def test_subpixel_kernel_equals_conv_after_shuffle():
         expected = F.conv2d(F.pixel_shuffle(y, r), w, padding=1)
         got = F.pixel_shuffle(F.conv2d(y, subpixel_conv_weight(w, r), padding=1), r)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_official_key_names_and_shapes_equal_the_released_checkpoints(scale):
+    """Every key and shape of the authors' HDSRNet_x{s}.pt (copied from their state_dict)."""
+    import json
+    from pathlib import Path
+
+    from hdsr.models.official import official_key_map
+
+    released = json.loads(
+        (Path(__file__).parent / "data" / "official_state_dict_keys.json").read_text()
+    )[f"x{scale}"]
+    names = official_key_map(scale)
+    assert set(names) == set(released)
+    ours = HDSRNet(scale).state_dict()
+    for official, key in names.items():
+        shape = list(ours[key].shape)
+        if len(released[official]) == 5:  # dynamic kernels are stored flat: (K, C*C*3*3)
+            k, *rest = released[official]
+            assert shape == [k, int(torch.tensor(rest).prod())], official
+        else:
+            assert shape == released[official], official
