@@ -59,7 +59,6 @@ def evaluate_model(
     image_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Per-image rows (set, image, psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y)."""
-    import torch
     from rich.progress import track
 
     from hdsr.data.imresize import imresize
@@ -104,7 +103,6 @@ def evaluate_model(
         if image_dir is not None:
             write_png(image_dir / set_name / f"{pair.name}_x{s}.png", sr)
     net.to("cpu")
-    del torch
     return rows
 
 
