@@ -56,12 +56,16 @@ def evaluate_model(
     self_ensemble: bool,
     tile: int | None,
     overlap: int,
+    bicubic: dict[str, dict[str, tuple[float, float]]],
     image_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-image rows (set, image, psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y)."""
+    """Per-image rows (set, image, psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y).
+
+    ``bicubic`` holds the baseline's scores (``hdsr.evaluation.bicubic_per_image``),
+    computed once per scale and shared by every model of that scale.
+    """
     from rich.progress import track
 
-    from hdsr.data.imresize import imresize
     from hdsr.data.io import write_png
     from hdsr.data.transforms import to_tensor_chw
     from hdsr.inference import upscale
@@ -87,7 +91,7 @@ def evaluate_model(
         )
         hr = np.asarray(pair.hr)
         sr = sr_like_hr(to_uint8_image(sr_t.float()).numpy(), hr)
-        bic = sr_like_hr(imresize(np.asarray(pair.lr), s), hr)
+        b_psnr, b_ssim = bicubic[set_name][pair.name]
         rows.append(
             {
                 "model": model.name,
@@ -96,8 +100,8 @@ def evaluate_model(
                 "image": pair.name,
                 "psnr_y": psnr_y(sr, hr, s),
                 "ssim_y": ssim_y(sr, hr, s),
-                "bicubic_psnr_y": psnr_y(bic, hr, s),
-                "bicubic_ssim_y": ssim_y(bic, hr, s),
+                "bicubic_psnr_y": b_psnr,
+                "bicubic_ssim_y": b_ssim,
             }
         )
         if image_dir is not None:
@@ -250,6 +254,7 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
 
     from hdsr.checkpoints import LoadedModel, load_model
     from hdsr.data.benchmarks import BenchmarkImages
+    from hdsr.evaluation import bicubic_per_image
     from hdsr.loggers import ConfigError
 
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
@@ -269,12 +274,14 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir = Path(cfg.paths.run_dir)
     device = _device(cfg.device)
     cache: dict[int, dict[str, list]] = {}
+    baseline: dict[int, dict[str, dict[str, tuple[float, float]]]] = {}
     rows: list[dict[str, Any]] = []
     for m in models:
         if m.scale not in cache:
             cache[m.scale] = {
                 n: BenchmarkImages(cfg.data.benchmark_root, n).load(m.scale) for n in set_names
             }
+            baseline[m.scale] = bicubic_per_image(cache[m.scale], m.scale)
         image_dir = run_dir / "images" / m.name.replace(" ", "_") if cfg.save_images else None
         rows += evaluate_model(
             m,
@@ -284,6 +291,7 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
             bool(cfg.self_ensemble),
             cfg.tile,
             int(cfg.tile_overlap),
+            baseline[m.scale],
             image_dir,
         )
     summary = summarize(rows, set_names)

@@ -12,6 +12,24 @@ from hdsr.data.pairs import ImagePair
 from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 
 
+def bicubic_sr(lr: np.ndarray, hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB-bicubic upsampling of a uint8 LR image, matched to ``hr`` (gray stays gray)."""
+    return sr_like_hr(imresize(np.asarray(lr), scale), np.asarray(hr))
+
+
+def bicubic_per_image(
+    sets: Mapping[str, Sequence[ImagePair]], scale: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{set: {image: (PSNR, SSIM)}}`` on Y of the bicubic baseline of each LR image."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, pairs in sets.items():
+        out[name] = {}
+        for p in pairs:
+            sr = bicubic_sr(p.lr, p.hr, scale)
+            out[name][p.name] = (psnr_y(sr, p.hr, scale), ssim_y(sr, p.hr, scale))
+    return out
+
+
 def bicubic_scores(
     sets: Mapping[str, Sequence[ImagePair]], scale: int
 ) -> dict[str, tuple[float, float]]:
@@ -20,13 +38,8 @@ def bicubic_scores(
     Each image's score is computed on its own and the scores are averaged over the set.
     """
     out = {}
-    for name, pairs in sets.items():
-        scores = []
-        for p in pairs:
-            hr = p.hr
-            sr = sr_like_hr(imresize(np.asarray(p.lr), scale), hr)
-            scores.append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
-        arr = np.asarray(scores, dtype=np.float64)
+    for name, per_image in bicubic_per_image(sets, scale).items():
+        arr = np.asarray(list(per_image.values()), dtype=np.float64)
         out[name] = (float(arr[:, 0].mean()), float(arr[:, 1].mean()))
     return out
 

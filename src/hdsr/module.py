@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdsr.callbacks import center_crop
-from hdsr.data.imresize import imresize
+from hdsr.evaluation import bicubic_sr
 from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 from hdsr.models.hdsrnet import count_parameters
 
@@ -119,7 +119,7 @@ class SRModule(L.LightningModule):
         """SR, bicubic and HR crops (the HR centre, 96 px at most) of one image."""
         hr = batch["hr"].cpu().numpy()
         lr = to_uint8_image(batch["lr"]).numpy()
-        bicubic = sr_like_hr(imresize(lr, self.scale), hr)
+        bicubic = bicubic_sr(lr, hr, self.scale)
         size = 96
         crops = [center_crop(x, size) for x in (sr, bicubic, hr)]
         self._crops.append((set_name, str(batch.get("name", "")), crops))
