@@ -10,6 +10,7 @@ net's output. Images are RGB tensors ``(B, 3, H, W)`` on a 0..255 scale; the out
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -131,6 +132,24 @@ class Upsampler(nn.Sequential):
         super().__init__(*layers)
 
 
+@functools.lru_cache(maxsize=32)
+def _subpixel_selection(r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """0/1 map ``S[sy, sx, py, px, y, x, ky, kx]``: HR tap (ky, kx) of output sub-pixel
+    (sy, sx) reads input sub-pixel (py, px) at LR kernel position (y, x)."""
+    # a normal tensor even when first built under inference_mode: it is cached and later
+    # used in training graphs too
+    with torch.inference_mode(False):
+        sel = torch.zeros(r, r, r, r, 3, 3, 3, 3, dtype=dtype)
+        for sy in range(r):
+            for sx in range(r):
+                for dy in (-1, 0, 1):
+                    qy, py = divmod(sy + dy, r)
+                    for dx in (-1, 0, 1):
+                        qx, px = divmod(sx + dx, r)
+                        sel[sy, sx, py, px, qy + 1, qx + 1, dy + 1, dx + 1] = 1
+        return sel.to(device)
+
+
 def subpixel_conv_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
     """The LR-grid kernel equal to a 3x3 conv applied after ``PixelShuffle(r)``.
 
@@ -138,16 +157,11 @@ def subpixel_conv_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
     ``W`` of shape ``(C_out * r^2, C_in * r^2, 3, 3)``: HR tap ``(sy + dy, sx + dx)`` of the
     output sub-pixel ``(sy, sx)`` reads LR offset ``floor((s + d) / r)`` and input sub-pixel
     ``(s + d) mod r``. Same padding semantics (zeros), so the results agree to rounding.
+    One einsum with a cached 0/1 map, so it is cheap to redo on every forward pass.
     """
     c_out, c_in = weight.shape[:2]
-    w = weight.new_zeros(c_out, r, r, c_in, r, r, 3, 3)
-    for sy in range(r):
-        for sx in range(r):
-            for dy in (-1, 0, 1):
-                qy, py = divmod(sy + dy, r)
-                for dx in (-1, 0, 1):
-                    qx, px = divmod(sx + dx, r)
-                    w[:, sy, sx, :, py, px, qy + 1, qx + 1] += weight[:, :, dy + 1, dx + 1]
+    sel = _subpixel_selection(r, weight.device, weight.dtype)
+    w = torch.einsum("oihw,abpqyxhw->oabipqyx", weight, sel)
     return w.reshape(c_out * r * r, c_in * r * r, 3, 3)
 
 
