@@ -122,7 +122,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from hdsr.callbacks import GracefulStop
     from hdsr.evaluation import bicubic_scores, final_table
-    from hdsr.loggers import build_loggers, finish_wandb, log_final_table, wandb_logger
+    from hdsr.loggers import (
+        build_loggers,
+        finish_wandb,
+        log_final_table,
+        wandb_logger,
+        wandb_mode,
+    )
     from hdsr.module import SRModule
 
     run_dir = Path(cfg.paths.run_dir).resolve()
@@ -228,7 +234,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best_checkpoint": ckpt.best_model_path,
             "csv_dir": csv_dir,
             "wandb_dir": getattr(wandb_run, "dir", None),
-            "wandb_offline": wandb_run is not None and wandb_run.settings._offline,
+            "wandb_offline": wandb_run is not None
+            and wandb_mode(cfg.logger.wandb.get("mode")) == "offline",
         }
         final_table(cfg, result)
         exit_code = 0
