@@ -125,3 +125,40 @@ def test_device_resident_loader_gives_the_dataloader_batches():
     step["n"] = 2  # resumed at step 2: the same later batches
     first_host = next(iter(host))
     torch.testing.assert_close(next(iter(dev))["hr"], first_host["hr"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_device_resident_loader_matches_every_patch_and_flip(scale):
+    from itertools import product
+
+    from hdsr.data.datasets import DevicePatchLoader
+
+    rng = np.random.default_rng(scale)
+    gray = make_pair("gray", rng.integers(0, 256, size=(31, 47), dtype=np.uint8), scale)
+    wide = _pair(27, 61, scale, seed=1)
+    tall = _pair(58, 34, scale, seed=2)
+    assert gray.hr.ndim == 2 and gray.lr.ndim == 2
+    ds = TrainPatches([wide, gray, tall], scale, hr_patch=16, patches_per_epoch=160, seed=7)
+    dev = DevicePatchLoader(ds, PatchSampler(160, 32), "cpu")
+    p = ds.lr_patch
+    seen = set()
+    batches = list(dev)
+    assert len(batches) == 5
+    for b, batch in enumerate(batches):
+        assert batch["lr"].shape == (32, 3, p, p) and batch["hr"].shape == (
+            32,
+            3,
+            p * scale,
+            p * scale,
+        )
+        assert batch["lr"].dtype == torch.float32 and batch["lr"].is_contiguous()
+        assert batch["hr"].is_contiguous()
+        for j in range(32):
+            index = b * 32 + j
+            expected = ds[index]
+            torch.testing.assert_close(batch["lr"][j], expected["lr"], rtol=0, atol=0)
+            torch.testing.assert_close(batch["hr"][j], expected["hr"], rtol=0, atol=0)
+            image, *_, hflip, vflip, transpose = ds.patch_params(index)
+            seen.add((image, hflip, vflip, transpose))
+    # every image (gray included) under every one of the eight flip/transpose combinations
+    assert seen == {(i, *f) for i in range(3) for f in product((False, True), repeat=3)}

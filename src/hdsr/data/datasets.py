@@ -187,11 +187,19 @@ class WholeImages(Dataset):
 class DevicePatchLoader:
     """Training batches cropped on ``device`` from decoded images kept there.
 
-    The decoded uint8 images move to the device once; each step's patches are the same
-    ones ``TrainPatches`` gives for the same indices (same crops and flips, from the same
-    index-seeded parameters), cut and flipped on the device, so a fast GPU never waits on
-    host-side loading. Batches are dicts of ``(B, 3, h, w)`` float32 tensors on 0..255.
-    Resumes like ``StepResumableLoader`` (the ``PatchSampler`` follows the global step).
+    The decoded uint8 images move to the device once, packed HxWx3 one after another into
+    one flat uint8 buffer for LR and one for HR (a gray image is repeated to 3 channels),
+    with each image's offset, height and width kept as int64 tensors beside them. Each
+    step's patches are the same ones ``TrainPatches`` gives for the same indices (same
+    crops and flips, from the same index-seeded ``patch_params``). The batch's parameters
+    go to the device as one ``(B, 6)`` tensor, and broadcast arithmetic turns them into
+    the flat-buffer index of every output element, crop, flips and transpose included;
+    one gather then cuts the whole batch. The number of kernels per batch is fixed
+    whatever ``B`` (a few dozen tiny ones on ``B``-element tensors, then for each of LR
+    and HR one index add, one gather and one conversion to float), so a fast GPU never
+    waits on host-side loading. Batches are dicts of contiguous ``(B, 3, h, w)`` float32
+    tensors on 0..255. Resumes like ``StepResumableLoader`` (the ``PatchSampler`` follows
+    the global step).
     """
 
     def __init__(
@@ -201,42 +209,93 @@ class DevicePatchLoader:
         self.sampler = sampler  # Lightning calls sampler.set_epoch
         self.batch_size = sampler.batch_size
         self.device = torch.device(device)
-        self.lr = [self._to_device(p.lr) for p in patches.pairs]
-        self.hr = [self._to_device(p.hr) for p in patches.pairs]
+        pairs = patches.pairs
+        self.lr, self.lr_offsets, self.lr_heights, self.lr_widths = self._pack(
+            [p.lr for p in pairs]
+        )
+        self.hr, self.hr_offsets, self.hr_heights, self.hr_widths = self._pack(
+            [p.hr for p in pairs]
+        )
+        p = patches.lr_patch
+        self._lr_range = torch.arange(p, dtype=torch.int64, device=self.device)
+        self._hr_range = torch.arange(p * patches.scale, dtype=torch.int64, device=self.device)
+        self._channels = torch.arange(3, dtype=torch.int64, device=self.device).view(1, 3, 1, 1)
 
-    def _to_device(self, img: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(img)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+    def _pack(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Copy HxWx3 (or HxW gray) uint8 images into one flat uint8 tensor on the device.
+
+        Returns ``(flat, offsets, heights, widths)``; image ``i`` is
+        ``flat[offsets[i] : offsets[i] + 3 * heights[i] * widths[i]].view(h, w, 3)``. Only
+        one image at a time is staged on the host (none when the device is the CPU).
+        """
+        shapes = [np.shape(img)[:2] for img in images]
+        sizes = [3 * h * w for h, w in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        flat = torch.empty(int(offsets[-1]), dtype=torch.uint8, device=self.device)
+        on_cpu = self.device.type == "cpu"
+        staging = None
+        if not on_cpu:
+            pin = self.device.type == "cuda"
+            staging = torch.empty(max(sizes), dtype=torch.uint8, pin_memory=pin)
+        for img, (h, w), start, size in zip(images, shapes, offsets[:-1], sizes, strict=True):
+            start = int(start)
+            arr = np.asarray(img)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]  # broadcast to 3 channels by the copy below
+            dst = flat[start : start + size] if on_cpu else staging[:size]
+            np.copyto(dst.numpy().reshape(h, w, 3), arr, casting="no")
+            if not on_cpu:
+                flat[start : start + size].copy_(dst)
+        heights, widths = (torch.tensor([s[i] for s in shapes], dtype=torch.int64) for i in (0, 1))
+        return (
+            flat,
+            torch.from_numpy(offsets[:-1]).to(self.device),
+            heights.to(self.device),
+            widths.to(self.device),
+        )
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def _patch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, top, left, hflip, vflip, transpose = self.patches.patch_params(index)
-        p, s = self.patches.lr_patch, self.patches.scale
-        lr = self.lr[image][top : top + p, left : left + p]
-        hr = self.hr[image][top * s : (top + p) * s, left * s : (left + p) * s]
-        out = []
-        for img in (lr, hr):
-            if hflip:
-                img = img.flip(1)
-            if vflip:
-                img = img.flip(0)
-            if transpose:
-                img = img.transpose(0, 1)
-            out.append(img.permute(2, 0, 1))
-        return out[0], out[1]
+    def _crop(self, params: torch.Tensor, hr: bool) -> torch.Tensor:
+        """Gather the LR (or HR) patches of a batch's ``patch_params`` rows, ``(B, 6)``.
+
+        As in ``augment``, the crop is flipped left-right, then upside down, then
+        transposed: output pixel ``(u, v)`` is crop pixel ``(v, u)`` under the transpose,
+        and a flip reads row (or column) ``P - 1 - r`` for ``r``. So the source row and
+        column, and hence the flat index, are affine in ``u`` and ``v`` with per-patch
+        coefficients, and the ``(B, 3, P, P)`` index is two broadcast multiply-adds.
+        """
+        if hr:
+            flat, offsets, widths, pos = self.hr, self.hr_offsets, self.hr_widths, self._hr_range
+            scale = self.patches.scale
+        else:
+            flat, offsets, widths, pos = self.lr, self.lr_offsets, self.lr_widths, self._lr_range
+            scale = 1
+        image, top, left, hflip, vflip, transpose = params.unbind(1)
+        last = pos.numel() - 1
+        row_stride = 3 * widths[image]
+        row0 = top * scale + vflip * last
+        col0 = left * scale + hflip * last
+        row_step = (1 - 2 * vflip) * row_stride
+        col_step = (1 - 2 * hflip) * 3
+        base = offsets[image] + row0 * row_stride + col0 * 3
+        transpose = transpose.bool()
+        u_step = torch.where(transpose, col_step, row_step).view(-1, 1, 1, 1)
+        v_step = torch.where(transpose, row_step, col_step).view(-1, 1, 1, 1)
+        index = (base.view(-1, 1, 1, 1) + self._channels) + u_step * pos.view(1, 1, -1, 1)
+        index = index + v_step * pos.view(1, 1, 1, -1)
+        return flat.gather(0, index.view(-1)).view(index.shape).float()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         indices = list(iter(self.sampler))
         for start in range(0, len(indices) - self.batch_size + 1, self.batch_size):
-            pairs = [self._patch(i) for i in indices[start : start + self.batch_size]]
-            yield {
-                "lr": torch.stack([p[0] for p in pairs]).float(),
-                "hr": torch.stack([p[1] for p in pairs]).float(),
-            }
+            batch = indices[start : start + self.batch_size]
+            rows = [self.patches.patch_params(i) for i in batch]
+            params = torch.tensor(rows, dtype=torch.int64).to(self.device)
+            yield {"lr": self._crop(params, hr=False), "hr": self._crop(params, hr=True)}
 
     def state_dict(self) -> dict:
         return {}
