@@ -183,12 +183,30 @@ def test_dynamic_conv_any_batch_mode_and_memory_format(batch, train, channels_la
     assert dc.weight.grad is not None and torch.isfinite(dc.weight.grad).all()
 
 
+def test_dynamic_conv_input_gradient_keeps_the_memory_format():
+    """A channels_last batch gets its input gradient back channels_last, same values."""
+    torch.manual_seed(0)
+    dc = DynamicConv2d(8, temperature=0.5)
+    x = torch.randn(3, 8, 7, 6)
+    g = torch.randn(3, 8, 7, 6)
+    grads = {}
+    for name, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        dc.to(memory_format=fmt)(xi).backward(g)
+        grads[name] = xi.grad
+    assert grads["cl"].is_contiguous(memory_format=torch.channels_last)
+    assert not grads["cl"].is_contiguous()
+    torch.testing.assert_close(grads["cl"], grads["nchw"], rtol=1e-5, atol=1e-6)
+
+
 def test_dynamic_conv_temperature():
     dc = DynamicConv2d(8, temperature=40.0)
     assert dc.temperature == 40.0 == HDSRNet(2).upper.blocks[0].body[1].conv.temperature
     assert HDSRNet(2, temperature=7.0).upper.blocks[0].body[1].conv.temperature == 7.0
-    x = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
+    torch.manual_seed(0)
+    x = torch.rand(2, 8, 5, 5) + 0.5  # positive input and first-layer weights: the
+    with torch.no_grad():  # hidden ReLU is active for every sample, the logits differ
+        dc.attention[0].weight.uniform_(0.1, 1.0)
         dc.attention[2].weight.normal_(0, 10.0)
     hot = dc.attention_weights(x)
     dc.temperature = 1.0

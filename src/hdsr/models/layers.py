@@ -51,6 +51,23 @@ def conv3x3(in_ch: int, out_ch: int, dilation: int = 1, bias: bool = False) -> n
     return nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=bias)
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose gradient leaves in the channels_last format.
+
+    The grouped conv below reads a channels_last batch through an NCHW copy, so its input
+    gradient comes back NCHW; the ReLU backward before it would then mix an NCHW gradient
+    with a channels_last activation, a slow strided path (about 7x an aligned one).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class DynamicConv2d(nn.Module):
     """Dynamic convolution (Chen et al., CVPR 2020) with ``num_kernels`` candidate kernels.
 
@@ -127,6 +144,8 @@ class DynamicConv2d(nn.Module):
             return F.conv2d(x, weight, bias, padding=pad)
         # One grouped conv applies each sample's own kernel; reshape (not view) so that
         # channels_last inputs work for any batch size.
+        if x.requires_grad and x.is_contiguous(memory_format=torch.channels_last):
+            x = _ChannelsLastGrad.apply(x)
         out = F.conv2d(x.reshape(1, b * c, h, w), weight, bias, padding=pad, groups=b)
         return out.reshape(b, c, h, w)
 
