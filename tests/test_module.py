@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
 from conftest import compose
@@ -39,6 +40,21 @@ def test_optimizer_follows_the_recipe():
     assert group["lr"] == 1e-4 and group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
     assert sched["interval"] == "step" and sched["scheduler"].step_size == 300_000
     assert sched["scheduler"].gamma == 0.5
+    assert group["fused"] and not group["foreach"]  # no trainer attached: fp32 default
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [("32-true", 10, True), ("bf16-mixed", 10, False), ("bf16-mixed", None, True)],
+)
+def test_fused_adam_unless_lightning_must_clip_mixed_precision(precision, clip, fused):
+    """Lightning's AMP plugins refuse to clip a fused optimizer's gradients."""
+    module = SRModule(tiny_net(), scale=2)
+    module.trainer = L.Trainer(
+        accelerator="cpu", precision=precision, gradient_clip_val=clip, logger=False
+    )
+    group = module.configure_optimizers()["optimizer"].param_groups[0]
+    assert bool(group["fused"]) is fused and bool(group["foreach"]) is (not fused)
 
 
 def test_trainer_config_clips_gradients_by_value_10():

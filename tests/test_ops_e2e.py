@@ -305,3 +305,21 @@ def test_device_resident_training_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bf16_mixed_training_runs_through_cpu_autocast(tmp_path):
+    """The GPU recipe's precision (Lightning bf16-mixed: autocast, fp32 weights) on the CPU."""
+    cmd = (
+        "hdsr-train trainer.precision=bf16-mixed logger=csv trainer.max_steps=2 "
+        f"trainer.log_every_n_steps=1 {TINY}"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "hdsrnet_x2_s0"
+    state = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )["state_dict"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    rows = read_csv(run_dir / "csv" / "version_0" / "metrics.csv")
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and all(0 < x < 255 for x in losses)

@@ -165,9 +165,16 @@ class SRModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # the fused kernel (CPU and CUDA) does the same update in one pass over the weights
+        # The fused kernel (CPU and CUDA) does the same update in one pass over the weights.
+        # Lightning's mixed-precision plugins refuse to clip the gradients of an optimizer
+        # that unscales internally (fused), so with clipping (the recipe's) under *-mixed
+        # precision the multi-tensor (foreach) kernel does the update instead.
+        trainer = self._trainer
+        mixed = trainer is not None and str(trainer.precision).endswith("-mixed")
+        clipping = trainer is not None and bool(trainer.gradient_clip_val)
+        kernel = {"foreach": True} if mixed and clipping else {"fused": True}
         opt = torch.optim.Adam(
-            self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=True
+            self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, **kernel
         )
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step, gamma=hp.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
