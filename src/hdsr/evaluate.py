@@ -253,6 +253,9 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.table import Table
 
     from hdsr.checkpoints import LoadedModel, load_model
+    from hdsr.runtime import retain_host_memory
+
+    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
     from hdsr.data.benchmarks import BenchmarkImages
     from hdsr.evaluation import bicubic_per_image
     from hdsr.loggers import ConfigError

@@ -116,6 +116,9 @@ def _plugins() -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as ``cfg`` says; return the final metrics and output paths."""
     check_config(cfg)
+    from hdsr.runtime import retain_host_memory
+
+    retain_host_memory(bool(cfg.runtime.get("retain_host_memory", True)))
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar

@@ -229,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips (8x slower)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="32")
+    p.add_argument(
+        "--retain-host-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed host memory for the next image instead of returning it to the OS "
+        "(glibc; faster on CPU, the resident size stays at its peak; default on)",
+    )
     return p
 
 
@@ -256,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from hdsr.checkpoints import load_model
     from hdsr.inference import resolve_device
+    from hdsr.runtime import retain_host_memory
+
+    retain_host_memory(args.retain_host_memory)
 
     console = Console(stderr=True)
     try:

@@ -1,0 +1,58 @@
+"""Process-wide settings the command-line tools apply before they start work.
+
+``retain_host_memory``: glibc's ``malloc`` hands large freed blocks back to the OS (blocks
+over its mmap threshold are unmapped; the top of the heap is trimmed). A network's
+activations are freed and allocated again on every step, so each step then touches fresh
+pages, and the page faults can cost a quarter of a CPU forward pass (measured in
+``experiments/benchmarks/RESULTS.md``). Raising both thresholds keeps the freed memory in
+the process for the next step, as PyTorch's CUDA caching allocator does on the GPU; the
+resident size stays at its peak instead of shrinking between steps. Blocks larger than
+glibc's highest mmap threshold (32 MiB on 64-bit) are still mapped and unmapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+#: glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: the largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: never trim the heap top back to the OS (C int maximum)
+NO_TRIM = 2**31 - 1
+
+_applied: bool | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") else None  # musl has no mallopt
+
+
+def retain_host_memory(enabled: bool = True) -> bool:
+    """Keep freed host memory in the process (glibc ``mallopt``); True if it now applies.
+
+    A no-op returning False off Linux, on a C library without ``mallopt``, or with
+    ``enabled=False``. Idempotent; it cannot be undone in the same process.
+    """
+    global _applied
+    if not enabled:
+        return bool(_applied)
+    if _applied is not None:
+        return _applied
+    libc = _libc()
+    if libc is None:
+        _applied = False
+        return False
+    ok = libc.mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) == 1
+    ok = libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1 and ok
+    _applied = ok
+    return ok
