@@ -2,30 +2,64 @@
 
 The reference (``tests/official_reference.py``) follows the released model: NCHW, the
 final 64->3 conv on the HR grid, the view-based grouped dynamic conv, plain Adam. Both
-run the same weights. Timings are medians of interleaved repeats (reference, ours,
-reference, ...), batch 1 for the forward pass. Also measured: the machine's fp32 GEMM
-and 3x3-conv ceilings, and the FLOP rate that ours reaches.
+run the same weights on the same inputs.
 
-    python experiments/benchmarks/bench_speed.py [--quick] [--json out.json]
+Each formulation runs in its own worker process (as a user runs one or the other), and
+the parent interleaves them: authors, hdsr, authors, ... one call at a time, so drift in
+the machine's load hits both alike. Separate processes matter on CPUs: glibc hands freed
+memory back to the OS, and the page faults of re-touching it are part of what a training
+step costs; in one shared process each formulation's frees change the other's faults.
+``--in-process`` runs both in this process instead. ``--allocator hdsr`` gives hdsr's
+worker the ``retain_host_memory`` setting that hdsr's command-line tools apply (freed
+memory stays in the process), ``--allocator retain`` gives it to both. Reported: medians,
+the lowest and highest per-repeat ratio, minor page faults per call, the machine's fp32
+GEMM and 3x3-conv ceilings and the FLOP rate ours reaches.
+
+On CUDA (or with ``--gpu-section`` anywhere, to exercise the code) also: training
+throughput at the paper's recipe (x4, batch 64, HR 128) of bf16-mixed + channels_last
+(+ ``--compile``) against the fp32 NCHW formulation, inference times at the paper's
+Table VI sizes, and the device-resident loader's patches/s.
+
+    python experiments/benchmarks/bench_speed.py [--quick|--tiny] [--device cuda]
+        [--allocator default|hdsr|retain] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing as mp
 import platform
+import resource
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from hdsr.models import load_official  # noqa: E402
+from hdsr.models.official import hdsr_to_official_key  # noqa: E402
 from hdsr.profile import count_macs  # noqa: E402
 from official_reference import RefHDSRNet  # noqa: E402
+
+#: the paper's Table VI running times (x4, RTX 3090), milliseconds
+PAPER_TABLE_VI_MS = {256: 14.17, 512: 26.11}
+
+#: host allocator setting (``--allocator``): 'default' glibc for both formulations,
+#: 'hdsr' = ``hdsr.runtime.retain_host_memory`` in hdsr's worker only (as hdsr's command-
+#: line tools run), 'retain' = in both
+ALLOCATOR = "default"
+
+
+def retains_memory(kind: str) -> bool:
+    return ALLOCATOR == "retain" or (ALLOCATOR == "hdsr" and kind == "hdsr")
 
 
 def sync(device: str) -> None:
@@ -33,20 +67,179 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: list, repeats: int, warmup: int, device: str) -> list[float]:
-    """Median seconds of each of ``fns``, run in turn ``repeats`` times after warm-up."""
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    sync(device)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
+    """A function doing one timed call of ``spec``: a forward pass or a training step.
+
+    ``spec`` keys: kind ('authors' | 'hdsr'), mode ('forward' | 'train'), scale, batch,
+    size (LR side), state (authors'-layout state_dict), device, precision ('32' | 'bf16'),
+    compile (bool). Inputs come from a fixed seed, so every runner of a case sees the same.
+    """
+    device, scale = spec["device"], spec["scale"]
+    if spec.get("retain"):
+        from hdsr.runtime import retain_host_memory
+
+        retain_host_memory()
+    if spec["kind"] == "authors":
+        net = RefHDSRNet(scale)
+        net.load_state_dict(spec["state"])
+    else:
+        net = load_official(spec["state"], scale)
+    net = net.to(device)
+    model = torch.compile(net) if spec.get("compile") else net
+    g = torch.Generator().manual_seed(0)
+    b, n = spec["batch"], spec["size"]
+    lr = (torch.rand(b, 3, n, n, generator=g) * 255).to(device)
+    autocast = (
+        torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+        if spec.get("precision") == "bf16"
+        else contextlib.nullcontext()
+    )
+    if spec["mode"] == "forward":
+        net.eval()
+
+        def forward() -> torch.Tensor:
+            with torch.inference_mode(), autocast:
+                return model(lr)
+
+        return forward
+    net.train()
+    hr = (torch.rand(b, 3, n * scale, n * scale, generator=g) * 255).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=spec["kind"] == "hdsr")
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.l1_loss(model(lr), hr)
+        loss.backward()
+        opt.step()
+
+    return train_step
+
+
+def _serve(conn, spec: dict) -> None:
+    """Worker process: build the runner, then answer 'run' / 'output' / 'stop'."""
+    try:
+        run = make_runner(spec)
+        conn.send(("ready", None))
+    except Exception:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        cmd = conn.recv()
+        try:
+            if cmd == "run":
+                f0 = minor_faults()
+                t = time.perf_counter()
+                run()
+                sync(spec["device"])
+                conn.send(("ok", (time.perf_counter() - t, minor_faults() - f0)))
+            elif cmd == "output":
+                out = run()
+                conn.send(("ok", None if out is None else out.float().cpu()))
+            else:
+                conn.send(("ok", None))
+                return
+        except Exception:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+            return
+
+
+class Worker:
+    """One runner, in a spawned process or (``in_process``) in this one."""
+
+    def __init__(self, spec: dict, in_process: bool = False) -> None:
+        self.name = spec["label"]
+        self.proc = None
+        spec = {**spec, "retain": retains_memory(spec["kind"])}
+        if in_process:
+            self._run = make_runner(spec)
+            self._device = spec["device"]
+            return
+        parent, child = mp.get_context("spawn").Pipe()
+        self.proc = mp.get_context("spawn").Process(target=_serve, args=(child, spec))
+        self.proc.start()
+        self.conn = parent
+        self._recv()
+
+    def _recv(self):
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"benchmark worker {self.name!r} failed:\n{value}")
+        return value
+
+    def run(self) -> tuple[float, int]:
+        """Seconds and minor page faults of one call."""
+        if self.proc is None:
+            f0 = minor_faults()
             t = time.perf_counter()
-            f()
-            sync(device)
-            times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+            self._run()
+            sync(self._device)
+            return time.perf_counter() - t, minor_faults() - f0
+        self.conn.send("run")
+        return self._recv()
+
+    def output(self) -> torch.Tensor | None:
+        if self.proc is None:
+            out = self._run()
+            return None if out is None else out.float().cpu()
+        self.conn.send("output")
+        return self._recv()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                self.conn.send("stop")
+                self.conn.recv()
+            self.proc.join(timeout=30)
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc = None
+
+
+def interleaved(workers: list[Worker], repeats: int, warmup: int) -> list[dict]:
+    """Median seconds and faults per call of each worker, run in turn after warm-up."""
+    for _ in range(warmup):
+        for w in workers:
+            w.run()
+    times: list[list[float]] = [[] for _ in workers]
+    faults: list[list[int]] = [[] for _ in workers]
+    for _ in range(repeats):
+        for i, w in enumerate(workers):
+            dt, nf = w.run()
+            times[i].append(dt)
+            faults[i].append(nf)
+    return [
+        {"s": statistics.median(t), "faults": int(statistics.median(f)), "all": t}
+        for t, f in zip(times, faults, strict=True)
+    ]
+
+
+def paired_range(ref: dict, ours: dict) -> tuple[float, float]:
+    """Lowest and highest of the per-repeat ratios (each repeat runs both back to back)."""
+    ratios = [a / b for a, b in zip(ref["all"], ours["all"], strict=True)]
+    return min(ratios), max(ratios)
+
+
+@contextlib.contextmanager
+def workers(specs: list[dict], in_process: bool):
+    started: list[Worker] = []
+    try:
+        for spec in specs:
+            started.append(Worker(spec, in_process))
+        yield started
+    finally:
+        for w in started:
+            w.close()
+
+
+# ----------------------------------------------------------------------------- cases
 
 
 def ceilings(device: str) -> dict[str, float]:
@@ -56,12 +249,23 @@ def ceilings(device: str) -> dict[str, float]:
     x = torch.randn(1, 64, 128, 128, device=device)
     w = torch.randn(64, 64, 3, 3, device=device)
     x_cl, w_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
-    gemm, conv, conv_cl = interleaved(
-        [lambda: a @ b, lambda: F.conv2d(x, w, padding=1), lambda: F.conv2d(x_cl, w_cl, padding=1)],
-        repeats=15,
-        warmup=3,
-        device=device,
-    )
+    fns = [
+        lambda: a @ b,
+        lambda: F.conv2d(x, w, padding=1),
+        lambda: F.conv2d(x_cl, w_cl, padding=1),
+    ]
+    for f in fns * 3:
+        f()
+    med = []
+    for f in fns:
+        ts = []
+        for _ in range(15):
+            t = time.perf_counter()
+            f()
+            sync(device)
+            ts.append(time.perf_counter() - t)
+        med.append(statistics.median(ts))
+    gemm, conv, conv_cl = med
     conv_flops = 2 * 128 * 128 * 64 * 64 * 9
     return {
         "gemm": 2 * 2048**3 / gemm / 1e9,
@@ -70,45 +274,38 @@ def ceilings(device: str) -> dict[str, float]:
     }
 
 
-def forward_case(scale: int, size: int, repeats: int, device: str) -> dict:
+def authors_state(scale: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    ref = RefHDSRNet(scale).eval().to(device)
-    ours = load_official(ref.state_dict(), scale).to(device)
-    x = torch.rand(1, 3, size, size, device=device) * 255
-    with torch.inference_mode():
-        t_ref, t_ours = interleaved([lambda: ref(x), lambda: ours(x)], repeats, 2, device)
-        y_ref, y_ours = ref(x), ours(x)
-    macs = count_macs(ours.cpu(), (size, size))["total"]
+    return RefHDSRNet(scale).state_dict()
+
+
+def forward_case(scale: int, size: int, repeats: int, device: str, in_process: bool) -> dict:
+    state = authors_state(scale)
+    base = {"mode": "forward", "scale": scale, "batch": 1, "size": size, "state": state}
+    specs = [
+        {**base, "kind": "authors", "label": "authors", "device": device},
+        {**base, "kind": "hdsr", "label": "hdsr", "device": device},
+    ]
+    with workers(specs, in_process) as (ref, ours):
+        t_ref, t_ours = interleaved([ref, ours], repeats, 2)
+        y_ref, y_ours = ref.output(), ours.output()
+    macs = count_macs(load_official(state, scale), (size, size))["total"]
     return {
         "scale": scale,
         "lr": size,
-        "ref_ms": t_ref * 1e3,
-        "ours_ms": t_ours * 1e3,
-        "speedup": t_ref / t_ours,
+        "ref_ms": t_ref["s"] * 1e3,
+        "ours_ms": t_ours["s"] * 1e3,
+        "speedup": t_ref["s"] / t_ours["s"],
+        "speedup_range": paired_range(t_ref, t_ours),
+        "ref_faults": t_ref["faults"],
+        "ours_faults": t_ours["faults"],
         "rel_err": float((y_ours - y_ref).abs().max() / y_ref.abs().max()),
-        "ours_gflops": 2 * macs / t_ours / 1e9,
+        "ours_gflops": 2 * macs / t_ours["s"] / 1e9,
     }
 
 
-def train_case(scale: int, batch: int, size: int, repeats: int, device: str) -> dict:
-    torch.manual_seed(0)
-    ref = RefHDSRNet(scale).to(device)
-    ours = load_official(ref.state_dict(), scale).train().to(device)
-    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-4)
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=1e-4, fused=True)
-    lr = torch.rand(batch, 3, size, size, device=device) * 255
-    hr = torch.rand(batch, 3, size * scale, size * scale, device=device) * 255
-
-    def step(net, opt):
-        def run():
-            opt.zero_grad(set_to_none=True)
-            F.l1_loss(net(lr), hr).backward()
-            opt.step()
-
-        return run
-
-    t_ref, t_ours = interleaved([step(ref, opt_ref), step(ours, opt_ours)], repeats, 1, device)
-    # gradient agreement with a float64 reference on fresh copies of the same weights
+def gradient_agreement(scale: int) -> float:
+    """Worst per-parameter gradient rel-L2 of hdsr (fp32, default path) vs the fp64 reference."""
     torch.manual_seed(1)
     ref64 = RefHDSRNet(scale).double()
     fast = load_official(ref64.state_dict(), scale).train()
@@ -116,68 +313,236 @@ def train_case(scale: int, batch: int, size: int, repeats: int, device: str) -> 
     y = torch.rand(2, 3, 12 * scale, 12 * scale, dtype=torch.float64) * 255
     F.l1_loss(ref64(x), y).backward()
     F.l1_loss(fast(x.float()), y.float()).backward()
-    from hdsr.models.official import hdsr_to_official_key
-
     ref_grads = dict(ref64.named_parameters())
     worst = 0.0
     for name, p in fast.named_parameters():
         g_ref = ref_grads[hdsr_to_official_key(name)].grad.reshape(p.shape)
         worst = max(worst, float((p.grad.double() - g_ref).norm() / g_ref.norm()))
+    return worst
+
+
+def train_case(
+    scale: int, batch: int, size: int, repeats: int, device: str, in_process: bool
+) -> dict:
+    base = {"mode": "train", "scale": scale, "batch": batch, "size": size}
+    base["state"] = authors_state(scale)
+    specs = [
+        {**base, "kind": "authors", "label": "authors", "device": device},
+        {**base, "kind": "hdsr", "label": "hdsr", "device": device},
+    ]
+    with workers(specs, in_process) as ws:
+        t_ref, t_ours = interleaved(ws, repeats, 1)
     return {
         "scale": scale,
         "batch": batch,
         "lr": size,
-        "ref_ms": t_ref * 1e3,
-        "ours_ms": t_ours * 1e3,
-        "speedup": t_ref / t_ours,
-        "grad_rel_l2_vs_fp64": worst,
+        "ref_ms": t_ref["s"] * 1e3,
+        "ours_ms": t_ours["s"] * 1e3,
+        "speedup": t_ref["s"] / t_ours["s"],
+        "speedup_range": paired_range(t_ref, t_ours),
+        "ref_faults": t_ref["faults"],
+        "ours_faults": t_ours["faults"],
+        "grad_rel_l2_vs_fp64": gradient_agreement(scale),
     }
+
+
+def gpu_train_throughput(
+    device: str, batch: int, hr: int, repeats: int, compile_: bool, in_process: bool
+) -> list[dict]:
+    """Images/s of x4 training steps: authors fp32 NCHW vs hdsr fp32 / bf16-mixed (+compile)."""
+    scale = 4
+    base = {"mode": "train", "scale": scale, "batch": batch, "size": hr // scale}
+    base["state"] = authors_state(scale)
+    specs = [
+        {**base, "kind": "authors", "label": "authors fp32 NCHW", "device": device},
+        {**base, "kind": "hdsr", "label": "hdsr fp32 channels_last", "device": device},
+        {
+            **base,
+            "kind": "hdsr",
+            "label": "hdsr bf16-mixed channels_last",
+            "device": device,
+            "precision": "bf16",
+        },
+    ]
+    if compile_:
+        specs.append(
+            {**specs[-1], "label": "hdsr bf16-mixed channels_last compile", "compile": True}
+        )
+    with workers(specs, in_process) as ws:
+        times = interleaved(ws, repeats, 2 if compile_ else 1)
+    base_s = times[0]["s"]
+    return [
+        {
+            "variant": w.name,
+            "ms": t["s"] * 1e3,
+            "images_per_s": batch / t["s"],
+            "vs_authors_fp32": base_s / t["s"],
+        }
+        for w, t in zip(ws, times, strict=True)
+    ]
+
+
+def inference_times(device: str, sizes: list[int], repeats: int, in_process: bool) -> list[dict]:
+    """x4 batch-1 forward times: authors fp32, hdsr fp32, hdsr bf16, for each LR size."""
+    rows = []
+    state = authors_state(4)
+    for size in sizes:
+        base = {"mode": "forward", "scale": 4, "batch": 1, "size": size, "state": state}
+        specs = [
+            {**base, "kind": "authors", "label": "authors fp32", "device": device},
+            {**base, "kind": "hdsr", "label": "hdsr fp32", "device": device},
+            {**base, "kind": "hdsr", "label": "hdsr bf16", "device": device, "precision": "bf16"},
+        ]
+        with workers(specs, in_process) as ws:
+            times = interleaved(ws, repeats, 2)
+        for w, t in zip(ws, times, strict=True):
+            rows.append({"lr": size, "hr": 4 * size, "variant": w.name, "ms": t["s"] * 1e3})
+    return rows
+
+
+def device_loader_rate(
+    device: str, batch: int, hr: int, images: int, size: tuple[int, int], batches: int
+) -> dict:
+    """Patches/s of ``DevicePatchLoader`` (x4, flips) over random uint8 images."""
+    from hdsr.data.datasets import DevicePatchLoader, PatchSampler, TrainPatches
+    from hdsr.data.pairs import ImagePair
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    pairs = []
+    for i in range(images):
+        hr_img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pairs.append(ImagePair(f"img{i}", np.ascontiguousarray(hr_img[::4, ::4]), hr_img, 4))
+    patches = TrainPatches(pairs, 4, hr, patches_per_epoch=batch * (batches + 2))
+    step = {"n": 0}
+    loader = DevicePatchLoader(
+        patches, PatchSampler(len(patches), batch, step_fn=lambda: step["n"]), device
+    )
+    it = iter(loader)
+    next(it)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        out = next(it)
+        n += out["lr"].shape[0]
+    sync(device)
+    dt = time.perf_counter() - t
+    return {"device": device, "batch": batch, "hr_patch": hr, "patches_per_s": n / dt}
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def fmt_range(row: dict) -> str:
+    lo, hi = row["speedup_range"]
+    return f"{lo:>5.2f}-{hi:<5.2f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    ap.add_argument("--tiny", action="store_true", help="smallest sizes: checks the script runs")
+    ap.add_argument("--in-process", action="store_true", help="no worker processes")
+    ap.add_argument("--gpu-section", action="store_true", help="GPU figures on any device")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (GPU part)")
+    ap.add_argument(
+        "--allocator",
+        choices=("default", "hdsr", "retain"),
+        default="default",
+        help="glibc as is for both (default); hdsr's retain_host_memory in hdsr's worker "
+        "only, as hdsr's tools run; or in both",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    dev = args.device
-    reps = 3 if args.quick else 7
+    global ALLOCATOR
+    ALLOCATOR = args.allocator
+    if args.in_process and args.allocator != "default":
+        ap.error("--allocator needs worker processes (it is a process-wide setting)")
+    dev, inproc = args.device, args.in_process
+    reps = 2 if args.tiny else 3 if args.quick else 7
     print(
         f"machine: {platform.machine()} {platform.processor()}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}, device {dev}"
+        + (f" ({torch.cuda.get_device_name(dev)})" if dev.startswith("cuda") else "")
+        + (", one process" if inproc else ", one worker process per formulation")
+        + f", allocator: {args.allocator}"
     )
+    result: dict = {"device": dev, "in_process": inproc, "allocator": args.allocator}
     ceil = ceilings(dev)
+    result["ceilings"] = ceil
     print("ceilings (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in ceil.items()))
     conv_ceiling = max(ceil["conv3x3_nchw"], ceil["conv3x3_channels_last"])
 
-    sizes = [64, 128] if args.quick else [64, 128, 256]
-    fwd = [forward_case(s, n, reps, dev) for s in (2, 3, 4) for n in sizes]
-    print("\nforward, batch 1 (ms)")
+    sizes = [16] if args.tiny else [64, 128] if args.quick else [64, 128, 256]
+    fwd = [forward_case(s, n, reps, dev, inproc) for s in (2, 3, 4) for n in sizes]
+    result["forward"] = fwd
+    print(
+        "\nforward, batch 1 (ms; range = lowest-highest per-repeat ratio; faults = minor "
+        "page faults per call, authors/hdsr)"
+    )
     print(
         f"{'scale':>5} {'LR':>4} {'authors':>9} {'hdsr':>9} {'speedup':>8} "
-        f"{'max|d|/max|ref|':>16} {'GFLOP/s':>8} {'% conv ceiling':>15}"
+        f"{'range':>11} {'max|d|/max|ref|':>16} {'GFLOP/s':>8} {'% conv ceiling':>15} "
+        f"{'faults a/h':>14}"
     )
     for r in fwd:
         print(
             f"{r['scale']:>5} {r['lr']:>4} {r['ref_ms']:>9.1f} {r['ours_ms']:>9.1f} "
-            f"{r['speedup']:>7.2f}x {r['rel_err']:>16.1e} {r['ours_gflops']:>8.1f} "
-            f"{100 * r['ours_gflops'] / conv_ceiling:>14.0f}%"
+            f"{r['speedup']:>7.2f}x {fmt_range(r)} {r['rel_err']:>16.1e} {r['ours_gflops']:>8.1f} "
+            f"{100 * r['ours_gflops'] / conv_ceiling:>14.0f}% "
+            f"{r['ref_faults']:>7}/{r['ours_faults']}"
         )
-    train = [train_case(2, 16, 48, reps, dev), train_case(4, 16, 32, reps, dev)]
+    cases = [(2, 2, 8), (4, 2, 8)] if args.tiny else [(2, 16, 48), (4, 16, 32)]
+    # training steps vary more than forward passes here: a few more repeats
+    train = [train_case(s, b, n, reps + 4 * (not args.tiny), dev, inproc) for s, b, n in cases]
+    result["train"] = train
     print("\ntraining step: forward + L1 + backward + Adam (ms)")
     print(
         f"{'scale':>5} {'batch':>5} {'LR':>4} {'authors':>9} {'hdsr':>9} {'speedup':>8} "
-        f"{'grad rel-L2 vs fp64':>20}"
+        f"{'range':>11} {'grad rel-L2 vs fp64':>20} {'faults a/h':>16}"
     )
     for r in train:
         print(
             f"{r['scale']:>5} {r['batch']:>5} {r['lr']:>4} {r['ref_ms']:>9.1f} "
-            f"{r['ours_ms']:>9.1f} {r['speedup']:>7.2f}x {r['grad_rel_l2_vs_fp64']:>20.1e}"
+            f"{r['ours_ms']:>9.1f} {r['speedup']:>7.2f}x {fmt_range(r)} "
+            f"{r['grad_rel_l2_vs_fp64']:>20.1e} "
+            f"{r['ref_faults']:>8}/{r['ours_faults']}"
+        )
+
+    if dev.startswith("cuda") or args.gpu_section:
+        batch, hr = (4, 32) if args.tiny else (64, 128)
+        tp = gpu_train_throughput(dev, batch, hr, reps, args.compile, inproc)
+        result["gpu_train"] = tp
+        print(f"\ntraining throughput, x4, batch {batch}, HR {hr} (paper recipe)")
+        for r in tp:
+            print(
+                f"  {r['variant']:<40} {r['ms']:>9.1f} ms {r['images_per_s']:>9.1f} img/s "
+                f"{r['vs_authors_fp32']:>6.2f}x"
+            )
+        inf_sizes = [8, 16] if args.tiny else [64, 128, 256, 512]
+        inf = inference_times(dev, inf_sizes, reps, inproc)
+        result["inference_x4"] = inf
+        print(
+            "\ninference x4, batch 1 (Table VI: 14.17 ms at 256x256, 26.11 ms at 512x512, "
+            "RTX 3090; read as HR output or as LR input size)"
+        )
+        for r in inf:
+            paper = PAPER_TABLE_VI_MS.get(r["hr"]) or PAPER_TABLE_VI_MS.get(r["lr"])
+            note = f"  paper {paper} ms" if paper else ""
+            print(
+                f"  LR {r['lr']:>4} -> HR {r['hr']:>4}  {r['variant']:<14} {r['ms']:>9.2f} ms{note}"
+            )
+        images, size, n_batches = (2, (64, 96), 3) if args.tiny else (8, (1356, 2040), 50)
+        loader = device_loader_rate(dev, batch, hr, images, size, n_batches)
+        result["device_loader"] = loader
+        print(
+            f"\ndevice-resident loader ({dev}, batch {batch}, HR {hr}, x4): "
+            f"{loader['patches_per_s']:,.0f} patches/s"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps({"ceilings": ceil, "forward": fwd, "train": train}, indent=1)
-        )
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
