@@ -221,10 +221,18 @@ def interleaved(workers: list[Worker], repeats: int, warmup: int) -> list[dict]:
     ]
 
 
-def paired_range(ref: dict, ours: dict) -> tuple[float, float]:
-    """Lowest and highest of the per-repeat ratios (each repeat runs both back to back)."""
+def comparison(ref: dict, ours: dict) -> dict:
+    """Medians, their ratio, the lowest and highest per-repeat ratio (each repeat runs both
+    back to back) and the faults per call, of two ``interleaved`` results."""
     ratios = [a / b for a, b in zip(ref["all"], ours["all"], strict=True)]
-    return min(ratios), max(ratios)
+    return {
+        "ref_ms": ref["s"] * 1e3,
+        "ours_ms": ours["s"] * 1e3,
+        "speedup": ref["s"] / ours["s"],
+        "speedup_range": (min(ratios), max(ratios)),
+        "ref_faults": ref["faults"],
+        "ours_faults": ours["faults"],
+    }
 
 
 @contextlib.contextmanager
@@ -293,12 +301,7 @@ def forward_case(scale: int, size: int, repeats: int, device: str, in_process: b
     return {
         "scale": scale,
         "lr": size,
-        "ref_ms": t_ref["s"] * 1e3,
-        "ours_ms": t_ours["s"] * 1e3,
-        "speedup": t_ref["s"] / t_ours["s"],
-        "speedup_range": paired_range(t_ref, t_ours),
-        "ref_faults": t_ref["faults"],
-        "ours_faults": t_ours["faults"],
+        **comparison(t_ref, t_ours),
         "rel_err": float((y_ours - y_ref).abs().max() / y_ref.abs().max()),
         "ours_gflops": 2 * macs / t_ours["s"] / 1e9,
     }
@@ -336,12 +339,7 @@ def train_case(
         "scale": scale,
         "batch": batch,
         "lr": size,
-        "ref_ms": t_ref["s"] * 1e3,
-        "ours_ms": t_ours["s"] * 1e3,
-        "speedup": t_ref["s"] / t_ours["s"],
-        "speedup_range": paired_range(t_ref, t_ours),
-        "ref_faults": t_ref["faults"],
-        "ours_faults": t_ours["faults"],
+        **comparison(t_ref, t_ours),
         "grad_rel_l2_vs_fp64": gradient_agreement(scale),
     }
 
