@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -303,3 +305,24 @@ def test_training_works_after_an_inference_mode_pass():
         net(torch.rand(1, 3, 6, 6) * 255)
     net(torch.rand(2, 3, 6, 6) * 255).sum().backward()
     assert net.tail.conv.weight.grad is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="torch.compile needs a C++ toolchain"
+)
+def test_compiled_network_with_dynamic_convs_matches_eager():
+    """runtime.compile: the dynamic conv (grouped conv, channels_last gradient) compiles."""
+    torch.manual_seed(0)
+    eager = HDSRNet(2, n_feats=8, n_blocks=1, lower_layers=2)
+    other = HDSRNet(2, n_feats=8, n_blocks=1, lower_layers=2)
+    other.load_state_dict(eager.state_dict())
+    compiled = torch.compile(other)
+    x = torch.rand(2, 3, 12, 12) * 255
+    y = torch.rand(2, 3, 24, 24) * 255
+    out_c, out_e = compiled(x), eager(x)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-4)
+    F.l1_loss(out_c, y).backward()
+    F.l1_loss(out_e, y).backward()
+    for (name, a), b in zip(other.named_parameters(), eager.parameters(), strict=True):
+        assert float((a.grad - b.grad).norm()) <= 1e-4 * float(b.grad.norm()) + 1e-8, name
