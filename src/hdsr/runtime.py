@@ -4,10 +4,11 @@
 over its mmap threshold are unmapped; the top of the heap is trimmed). A network's
 activations are freed and allocated again on every step, so each step then touches fresh
 pages, and the page faults can cost a quarter of a CPU forward pass (measured in
-``experiments/benchmarks/RESULTS.md``). Raising both thresholds keeps the freed memory in
-the process for the next step, as PyTorch's CUDA caching allocator does on the GPU; the
-resident size stays at its peak instead of shrinking between steps. Blocks larger than
-glibc's highest mmap threshold (32 MiB on 64-bit) are still mapped and unmapped.
+``experiments/benchmarks/RESULTS.md``). Serving every block from the heap and never
+trimming it keeps the freed memory in the process for the next step, as PyTorch's CUDA
+caching allocator does on the GPU; the resident size stays at its peak instead of
+shrinking between steps. (glibc still maps a block when the heap cannot grow, and for
+threads other than the main one when a block exceeds their arena's 64 MiB heaps.)
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import sys
 
 #: glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-#: the largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2)
-MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+M_MMAP_MAX = -4
 #: never trim the heap top back to the OS (C int maximum)
 NO_TRIM = 2**31 - 1
 
@@ -52,7 +51,7 @@ def retain_host_memory(enabled: bool = True) -> bool:
     if libc is None:
         _applied = False
         return False
-    ok = libc.mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) == 1
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1  # no block gets its own mapping
     ok = libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1 and ok
     _applied = ok
     return ok
