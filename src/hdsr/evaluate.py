@@ -253,13 +253,12 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.table import Table
 
     from hdsr.checkpoints import LoadedModel, load_model
-    from hdsr.runtime import retain_host_memory
-
-    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
     from hdsr.data.benchmarks import BenchmarkImages
     from hdsr.evaluation import bicubic_per_image
     from hdsr.loggers import ConfigError
+    from hdsr.runtime import retain_host_memory
 
+    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
     models: list[LoadedModel] = [load_model(c) for c in ckpts]

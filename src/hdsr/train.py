@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     from hdsr.runtime import retain_host_memory
 
-    retain_host_memory(bool(cfg.runtime.get("retain_host_memory", True)))
+    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
