@@ -189,7 +189,7 @@ class DevicePatchLoader:
 
     The decoded uint8 images move to the device once, packed HxWx3 one after another into
     one flat uint8 buffer for LR and one for HR (a gray image is repeated to 3 channels),
-    with each image's offset, height and width kept as int64 tensors beside them. Each
+    with each image's offset and width kept as int64 tensors beside them. Each
     step's patches are the same ones ``TrainPatches`` gives for the same indices (same
     crops and flips, from the same index-seeded ``patch_params``). The batch's parameters
     go to the device as one ``(B, 6)`` tensor, and broadcast arithmetic turns them into
@@ -210,12 +210,8 @@ class DevicePatchLoader:
         self.batch_size = sampler.batch_size
         self.device = torch.device(device)
         pairs = patches.pairs
-        self.lr, self.lr_offsets, self.lr_heights, self.lr_widths = self._pack(
-            [p.lr for p in pairs]
-        )
-        self.hr, self.hr_offsets, self.hr_heights, self.hr_widths = self._pack(
-            [p.hr for p in pairs]
-        )
+        self.lr, self.lr_offsets, self.lr_widths = self._pack([p.lr for p in pairs])
+        self.hr, self.hr_offsets, self.hr_widths = self._pack([p.hr for p in pairs])
         p = patches.lr_patch
         self._lr_range = torch.arange(p, dtype=torch.int64, device=self.device)
         self._hr_range = torch.arange(p * patches.scale, dtype=torch.int64, device=self.device)
@@ -223,12 +219,13 @@ class DevicePatchLoader:
 
     def _pack(
         self, images: Sequence[np.ndarray]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Copy HxWx3 (or HxW gray) uint8 images into one flat uint8 tensor on the device.
 
-        Returns ``(flat, offsets, heights, widths)``; image ``i`` is
-        ``flat[offsets[i] : offsets[i] + 3 * heights[i] * widths[i]].view(h, w, 3)``. Only
-        one image at a time is staged on the host (none when the device is the CPU).
+        Returns ``(flat, offsets, widths)``; image ``i`` of height ``h`` is
+        ``flat[offsets[i] : offsets[i] + 3 * h * widths[i]].view(h, widths[i], 3)`` (a
+        crop needs only the row stride). Only one image at a time is staged on the host
+        (none when the device is the CPU).
         """
         shapes = [np.shape(img)[:2] for img in images]
         sizes = [3 * h * w for h, w in shapes]
@@ -248,13 +245,8 @@ class DevicePatchLoader:
             np.copyto(dst.numpy().reshape(h, w, 3), arr, casting="no")
             if not on_cpu:
                 flat[start : start + size].copy_(dst)
-        heights, widths = (torch.tensor([s[i] for s in shapes], dtype=torch.int64) for i in (0, 1))
-        return (
-            flat,
-            torch.from_numpy(offsets[:-1]).to(self.device),
-            heights.to(self.device),
-            widths.to(self.device),
-        )
+        widths = torch.tensor([w for _, w in shapes], dtype=torch.int64, device=self.device)
+        return flat, torch.from_numpy(offsets[:-1]).to(self.device), widths
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
