@@ -71,6 +71,19 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def timed(fn: Callable[[], object], device: str) -> tuple[float, int]:
+    """Seconds and minor page faults of one call of ``fn`` (device work included)."""
+    f0 = minor_faults()
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t, minor_faults() - f0
+
+
+def as_output(out: torch.Tensor | None) -> torch.Tensor | None:
+    return None if out is None else out.float().cpu()
+
+
 # --------------------------------------------------------------------------- runners
 
 
@@ -135,14 +148,9 @@ def _serve(conn, spec: dict) -> None:
         cmd = conn.recv()
         try:
             if cmd == "run":
-                f0 = minor_faults()
-                t = time.perf_counter()
-                run()
-                sync(spec["device"])
-                conn.send(("ok", (time.perf_counter() - t, minor_faults() - f0)))
+                conn.send(("ok", timed(run, spec["device"])))
             elif cmd == "output":
-                out = run()
-                conn.send(("ok", None if out is None else out.float().cpu()))
+                conn.send(("ok", as_output(run())))
             else:
                 conn.send(("ok", None))
                 return
@@ -177,18 +185,13 @@ class Worker:
     def run(self) -> tuple[float, int]:
         """Seconds and minor page faults of one call."""
         if self.proc is None:
-            f0 = minor_faults()
-            t = time.perf_counter()
-            self._run()
-            sync(self._device)
-            return time.perf_counter() - t, minor_faults() - f0
+            return timed(self._run, self._device)
         self.conn.send("run")
         return self._recv()
 
     def output(self) -> torch.Tensor | None:
         if self.proc is None:
-            out = self._run()
-            return None if out is None else out.float().cpu()
+            return as_output(self._run())
         self.conn.send("output")
         return self._recv()
 
@@ -264,16 +267,7 @@ def ceilings(device: str) -> dict[str, float]:
     ]
     for f in fns * 3:
         f()
-    med = []
-    for f in fns:
-        ts = []
-        for _ in range(15):
-            t = time.perf_counter()
-            f()
-            sync(device)
-            ts.append(time.perf_counter() - t)
-        med.append(statistics.median(ts))
-    gemm, conv, conv_cl = med
+    gemm, conv, conv_cl = (statistics.median(timed(f, device)[0] for _ in range(15)) for f in fns)
     conv_flops = 2 * 128 * 128 * 64 * 64 * 9
     return {
         "gemm": 2 * 2048**3 / gemm / 1e9,
@@ -287,14 +281,15 @@ def authors_state(scale: int) -> dict[str, torch.Tensor]:
     return RefHDSRNet(scale).state_dict()
 
 
+def authors_and_hdsr(base: dict, device: str) -> list[dict]:
+    """Specs of the two formulations for one case."""
+    return [{**base, "kind": kind, "label": kind, "device": device} for kind in ("authors", "hdsr")]
+
+
 def forward_case(scale: int, size: int, repeats: int, device: str, in_process: bool) -> dict:
     state = authors_state(scale)
     base = {"mode": "forward", "scale": scale, "batch": 1, "size": size, "state": state}
-    specs = [
-        {**base, "kind": "authors", "label": "authors", "device": device},
-        {**base, "kind": "hdsr", "label": "hdsr", "device": device},
-    ]
-    with workers(specs, in_process) as (ref, ours):
+    with workers(authors_and_hdsr(base, device), in_process) as (ref, ours):
         t_ref, t_ours = interleaved([ref, ours], repeats, 2)
         y_ref, y_ours = ref.output(), ours.output()
     macs = count_macs(load_official(state, scale), (size, size))["total"]
@@ -329,11 +324,7 @@ def train_case(
 ) -> dict:
     base = {"mode": "train", "scale": scale, "batch": batch, "size": size}
     base["state"] = authors_state(scale)
-    specs = [
-        {**base, "kind": "authors", "label": "authors", "device": device},
-        {**base, "kind": "hdsr", "label": "hdsr", "device": device},
-    ]
-    with workers(specs, in_process) as ws:
+    with workers(authors_and_hdsr(base, device), in_process) as ws:
         t_ref, t_ours = interleaved(ws, repeats, 1)
     return {
         "scale": scale,
@@ -412,10 +403,7 @@ def device_loader_rate(
         hr_img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         pairs.append(ImagePair(f"img{i}", np.ascontiguousarray(hr_img[::4, ::4]), hr_img, 4))
     patches = TrainPatches(pairs, 4, hr, patches_per_epoch=batch * (batches + 2))
-    step = {"n": 0}
-    loader = DevicePatchLoader(
-        patches, PatchSampler(len(patches), batch, step_fn=lambda: step["n"]), device
-    )
+    loader = DevicePatchLoader(patches, PatchSampler(len(patches), batch), device)
     it = iter(loader)
     next(it)  # warm-up
     sync(device)
