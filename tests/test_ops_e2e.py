@@ -316,9 +316,7 @@ def test_bf16_mixed_training_runs_through_cpu_autocast(tmp_path):
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "hdsrnet_x2_s0"
-    state = torch.load(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )["state_dict"]
+    state, _ = final_weights(run_dir)
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     rows = read_csv(run_dir / "csv" / "version_0" / "metrics.csv")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
