@@ -33,7 +33,7 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    return libc if hasattr(libc, "mallopt") else None  # musl has no mallopt
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def retain_host_memory(enabled: bool = True) -> bool:
