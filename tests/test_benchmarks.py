@@ -34,6 +34,9 @@ def test_bench_speed_runs_every_section_on_cpu(tmp_path):
     assert {r["scale"] for r in res["forward"]} == {2, 3, 4}
     for r in res["forward"]:
         assert r["rel_err"] <= 1e-5 and r["ref_ms"] > 0 and r["ours_ms"] > 0
+        # the FLOP rate is set against a conv ceiling timed in the same repeats
+        lo, hi = r["ceiling_fraction_range"]
+        assert r["ceiling_gflops"] > 0 and 0 < lo <= r["ceiling_fraction"] <= hi
     for r in res["train"]:
         assert r["grad_rel_l2_vs_fp64"] <= 1e-3
     variants = [r["variant"] for r in res["gpu_train"]]
