@@ -13,9 +13,9 @@ step costs; in one shared process each formulation's frees change the other's fa
 worker the ``retain_host_memory`` setting that hdsr's command-line tools apply (freed
 memory stays in the process), ``--allocator retain`` gives it to both. Reported: medians,
 the lowest and highest per-repeat ratio, minor page faults per call, the machine's fp32
-GEMM and 3x3-conv ceilings and the FLOP rate ours reaches, against the conv ceiling
-timed in the same repeats by a third worker (so drift hits both alike) and against the
-best ceiling measured before and after the forward cases.
+GEMM and 3x3-conv ceilings and the FLOP rate ours reaches, against the hot conv ceiling
+probed by a third worker in every repeat (so each rate meets the ceiling of its moment)
+and against the best ceiling measured before and after the forward cases.
 
 On CUDA (or with ``--gpu-section`` anywhere, to exercise the code) also: training
 throughput at the paper's recipe (x4, batch 64, HR 128) of bf16-mixed + channels_last
@@ -60,9 +60,11 @@ PAPER_TABLE_VI_MS = {256: 14.17, 512: 26.11}
 ALLOCATOR = "default"
 
 
-#: the conv ceiling: a 3x3 64->64 conv on a hot 128x128 map, CEILING_CALLS calls per timing
+#: the conv ceiling: a 3x3 64->64 conv on a hot 128x128 map; a probe of it in the forward
+#: cases times CEILING_CALLS calls after CEILING_WARMUP untimed ones and keeps the median
 CEILING_SIZE = 128
 CEILING_CALLS = 5
+CEILING_WARMUP = 2
 CEILING_FLOPS = 2 * CEILING_SIZE**2 * 64 * 64 * 9
 
 
@@ -96,18 +98,24 @@ def as_output(out: torch.Tensor | None) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- runners
 
 
-def ceiling_runner(device: str) -> Callable[[], None]:
-    """``CEILING_CALLS`` channels_last 3x3 64->64 convs on the same hot 128x128 map."""
+def ceiling_runner(device: str) -> Callable[[], torch.Tensor]:
+    """The hot channels_last conv ceiling now: median seconds of one 3x3 64->64 conv on a
+    128x128 map, over ``CEILING_CALLS`` calls after ``CEILING_WARMUP`` (the caches refilled
+    after whatever ran before), as a 0-d tensor."""
     x = torch.randn(1, 64, CEILING_SIZE, CEILING_SIZE, device=device)
     w = torch.randn(64, 64, 3, 3, device=device)
     x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
 
-    def convs() -> None:
+    def conv() -> None:
         with torch.inference_mode():
-            for _ in range(CEILING_CALLS):
-                F.conv2d(x, w, padding=1)
+            F.conv2d(x, w, padding=1)
 
-    return convs
+    def probe() -> torch.Tensor:
+        for _ in range(CEILING_WARMUP):
+            conv()
+        return torch.tensor(statistics.median(timed(conv, device)[0] for _ in range(CEILING_CALLS)))
+
+    return probe
 
 
 def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
@@ -233,22 +241,32 @@ class Worker:
             self.proc = None
 
 
-def interleaved(workers: list[Worker], repeats: int, warmup: int) -> list[dict]:
-    """Median seconds and faults per call of each worker, run in turn after warm-up."""
+def interleaved(
+    workers: list[Worker], repeats: int, warmup: int, probe: Worker | None = None
+) -> list[dict]:
+    """Median seconds and faults per call of each worker, run in turn after warm-up.
+
+    With ``probe``, its output (seconds it measured itself) is read after every repeat and
+    returned last, as ``{"s": median, "all": per repeat}``.
+    """
     for _ in range(warmup):
         for w in workers:
             w.run()
     times: list[list[float]] = [[] for _ in workers]
     faults: list[list[int]] = [[] for _ in workers]
+    probed: list[float] = []
     for _ in range(repeats):
         for i, w in enumerate(workers):
             dt, nf = w.run()
             times[i].append(dt)
             faults[i].append(nf)
+        if probe is not None:
+            probed.append(float(probe.output()))
+    extra = [{"s": statistics.median(probed), "all": probed}] if probe is not None else []
     return [
         {"s": statistics.median(t), "faults": int(statistics.median(f)), "all": t}
         for t, f in zip(times, faults, strict=True)
-    ]
+    ] + extra
 
 
 def comparison(ref: dict, ours: dict) -> dict:
@@ -313,19 +331,19 @@ def authors_and_hdsr(base: dict, device: str) -> list[dict]:
 
 
 def forward_case(scale: int, size: int, repeats: int, device: str, in_process: bool) -> dict:
-    """authors vs hdsr, and hdsr's FLOP rate against the conv ceiling timed in the same
-    repeats (authors, hdsr, ceiling, authors, ...): drift hits rate and ceiling alike."""
+    """authors vs hdsr, and hdsr's FLOP rate against the hot conv ceiling probed right
+    after hdsr's call in every repeat (authors, hdsr, ceiling, authors, ...): the load of a
+    shared machine drifts, and each rate is set against the ceiling of its moment."""
     state = authors_state(scale)
     base = {"mode": "forward", "scale": scale, "batch": 1, "size": size, "state": state}
     specs = [*authors_and_hdsr(base, device), {"kind": "ceiling", "label": "conv ceiling"}]
     specs[-1]["device"] = device
     with workers(specs, in_process) as (ref, ours, ceil):
-        t_ref, t_ours, t_ceil = interleaved([ref, ours, ceil], repeats, 2)
+        t_ref, t_ours, t_ceil = interleaved([ref, ours], repeats, 2, probe=ceil)
         y_ref, y_ours = ref.output(), ours.output()
     flops = 2 * count_macs(load_official(state, scale), (size, size))["total"]
-    ceiling_flops = CEILING_CALLS * CEILING_FLOPS
     fractions = [
-        (flops / t) / (ceiling_flops / c) for t, c in zip(t_ours["all"], t_ceil["all"], strict=True)
+        (flops / t) / (CEILING_FLOPS / c) for t, c in zip(t_ours["all"], t_ceil["all"], strict=True)
     ]
     return {
         "scale": scale,
@@ -333,7 +351,7 @@ def forward_case(scale: int, size: int, repeats: int, device: str, in_process: b
         **comparison(t_ref, t_ours),
         "rel_err": float((y_ours - y_ref).abs().max() / y_ref.abs().max()),
         "ours_gflops": flops / t_ours["s"] / 1e9,
-        "ceiling_gflops": ceiling_flops / t_ceil["s"] / 1e9,
+        "ceiling_gflops": CEILING_FLOPS / t_ceil["s"] / 1e9,
         "ceiling_fraction": statistics.median(fractions),
         "ceiling_fraction_range": (min(fractions), max(fractions)),
     }
@@ -480,9 +498,9 @@ def cpu_section(args, dev: str, reps: int, inproc: bool, result: dict) -> None:
     conv_ceiling = max(ceil["conv3x3_nchw"], ceil["conv3x3_channels_last"])
     print(
         "\nforward, batch 1 (ms; range = lowest-highest per-repeat ratio; ceiling = the "
-        "channels_last conv ceiling timed in the same repeats, % = hdsr's FLOP rate over it, "
-        "median and range of the repeats; best = % of the best before/after ceiling; faults = "
-        "minor page faults per call, authors/hdsr)"
+        "hot channels_last conv ceiling probed in every repeat, % = hdsr's FLOP rate over "
+        "the probe of its repeat, median and range; best = % of the best before/after "
+        "ceiling; faults = minor page faults per call, authors/hdsr)"
     )
     print(
         f"{'scale':>5} {'LR':>4} {'authors':>9} {'hdsr':>9} {'speedup':>8} "
