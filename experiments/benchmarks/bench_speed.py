@@ -336,8 +336,8 @@ def forward_case(scale: int, size: int, repeats: int, device: str, in_process: b
     shared machine drifts, and each rate is set against the ceiling of its moment."""
     state = authors_state(scale)
     base = {"mode": "forward", "scale": scale, "batch": 1, "size": size, "state": state}
-    specs = [*authors_and_hdsr(base, device), {"kind": "ceiling", "label": "conv ceiling"}]
-    specs[-1]["device"] = device
+    ceiling = {"kind": "ceiling", "label": "conv ceiling", "device": device}
+    specs = [*authors_and_hdsr(base, device), ceiling]
     with workers(specs, in_process) as (ref, ours, ceil):
         t_ref, t_ours, t_ceil = interleaved([ref, ours], repeats, 2, probe=ceil)
         y_ref, y_ours = ref.output(), ours.output()
