@@ -256,9 +256,9 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     from hdsr.data.benchmarks import BenchmarkImages
     from hdsr.evaluation import bicubic_per_image
     from hdsr.loggers import ConfigError
-    from hdsr.runtime import retain_host_memory
+    from hdsr.runtime import apply_runtime_config
 
-    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
+    apply_runtime_config(cfg)
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
     models: list[LoadedModel] = [load_model(c) for c in ckpts]

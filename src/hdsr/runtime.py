@@ -17,6 +17,8 @@ import ctypes
 import ctypes.util
 import sys
 
+from omegaconf import DictConfig, OmegaConf
+
 #: glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -55,3 +57,11 @@ def retain_host_memory(enabled: bool = True) -> bool:
     ok = libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1 and ok
     _applied = ok
     return ok
+
+
+def apply_runtime_config(cfg: DictConfig) -> bool:
+    """Apply a run config's ``runtime.retain_host_memory`` (on when the key is absent, as
+    in configs saved before it existed); the result of ``retain_host_memory``."""
+    return retain_host_memory(
+        bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True))
+    )

@@ -116,9 +116,9 @@ def _plugins() -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as ``cfg`` says; return the final metrics and output paths."""
     check_config(cfg)
-    from hdsr.runtime import retain_host_memory
+    from hdsr.runtime import apply_runtime_config
 
-    retain_host_memory(bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True)))
+    apply_runtime_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
