@@ -91,6 +91,20 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, int]:
     return time.perf_counter() - t, minor_faults() - f0
 
 
+def hot_median(fn: Callable[[], object], device: str, warmup: int, calls: int) -> float:
+    """Median seconds of ``calls`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, device)[0] for _ in range(calls))
+
+
+def conv_operands(device: str, memory_format: torch.memory_format) -> tuple[torch.Tensor, ...]:
+    """Input and weight of the ceiling's 3x3 64->64 conv on a 128x128 map."""
+    x = torch.randn(1, 64, CEILING_SIZE, CEILING_SIZE, device=device)
+    w = torch.randn(64, 64, 3, 3, device=device)
+    return tuple(t.contiguous(memory_format=memory_format) for t in (x, w))
+
+
 def as_output(out: torch.Tensor | None) -> torch.Tensor | None:
     return None if out is None else out.float().cpu()
 
@@ -102,20 +116,12 @@ def ceiling_runner(device: str) -> Callable[[], torch.Tensor]:
     """The hot channels_last conv ceiling now: median seconds of one 3x3 64->64 conv on a
     128x128 map, over ``CEILING_CALLS`` calls after ``CEILING_WARMUP`` (the caches refilled
     after whatever ran before), as a 0-d tensor."""
-    x = torch.randn(1, 64, CEILING_SIZE, CEILING_SIZE, device=device)
-    w = torch.randn(64, 64, 3, 3, device=device)
-    x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    x, w = conv_operands(device, torch.channels_last)
 
-    def conv() -> None:
-        with torch.inference_mode():
-            F.conv2d(x, w, padding=1)
+    def conv() -> torch.Tensor:
+        return F.conv2d(x, w, padding=1)
 
-    def probe() -> torch.Tensor:
-        for _ in range(CEILING_WARMUP):
-            conv()
-        return torch.tensor(statistics.median(timed(conv, device)[0] for _ in range(CEILING_CALLS)))
-
-    return probe
+    return lambda: torch.tensor(hot_median(conv, device, CEILING_WARMUP, CEILING_CALLS))
 
 
 def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
@@ -302,17 +308,14 @@ def ceilings(device: str) -> dict[str, float]:
     """fp32 GFLOP/s of a 2048^3 GEMM and of a 3x3 64->64 conv at 128x128 (NCHW, NHWC)."""
     a = torch.randn(2048, 2048, device=device)
     b = torch.randn(2048, 2048, device=device)
-    x = torch.randn(1, 64, CEILING_SIZE, CEILING_SIZE, device=device)
-    w = torch.randn(64, 64, 3, 3, device=device)
-    x_cl, w_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    x, w = conv_operands(device, torch.contiguous_format)
+    x_cl, w_cl = conv_operands(device, torch.channels_last)
     fns = [
         lambda: a @ b,
         lambda: F.conv2d(x, w, padding=1),
         lambda: F.conv2d(x_cl, w_cl, padding=1),
     ]
-    for f in fns * 3:
-        f()
-    gemm, conv, conv_cl = (statistics.median(timed(f, device)[0] for _ in range(15)) for f in fns)
+    gemm, conv, conv_cl = (hot_median(f, device, 3, 15) for f in fns)
     return {
         "gemm": 2 * 2048**3 / gemm / 1e9,
         "conv3x3_nchw": CEILING_FLOPS / conv / 1e9,
