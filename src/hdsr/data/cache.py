@@ -1,12 +1,16 @@
 """Decoded-image cache: uint8 ``.npy`` files that random crops read through memory mapping.
 
 Each cache entry is ``<name>.npy`` plus ``<name>.npy.json``, which records what it was made
-from (source path, size and mtime, and a tag naming the transform). An entry is used only
-when its record matches the source and the array file is complete; otherwise it is
-rebuilt. Writes go to a temporary name and are renamed into place (atomic on POSIX), the
-record last, so an interrupted build is never loaded. A lock file serialises builders of
-the same entry: concurrent processes (DDP ranks, jobs of a sweep) build it once and the
-others wait, then reuse it.
+from (source path, size and mtime, and a tag naming the transform), the array's shape and
+dtype, and a CRC-32 of its bytes. An entry is used only when its record matches the source
+and the array file is complete and matches its checksum; otherwise it is rebuilt (with a
+warning naming the file when the entry was damaged rather than absent or stale). The
+checksum is verified the first time a process uses an entry, so later opens cost nothing.
+
+Writes go to a temporary name and are renamed into place (atomic on POSIX), the record
+last, so an interrupted build is never loaded. A lock file serialises builders of the same
+entry: concurrent processes (DDP ranks, jobs of a sweep) build it once and the others wait,
+then reuse it.
 """
 
 from __future__ import annotations
@@ -14,14 +18,32 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1
+log = logging.getLogger(__name__)
+
+#: 2: records carry ``crc32``; entries of version 1 are stale and rebuilt.
+CACHE_VERSION = 2
+
+#: (path, inode, size, mtime, crc32) of the entries this process has checksummed and found
+#: intact: a later open of the same file is not read again.
+_verified: set[tuple] = set()
+
+
+class CacheEntryError(ValueError):
+    """A damaged cache entry that cannot be rebuilt where it was found; names the file."""
+
+
+def checksum(arr: np.ndarray) -> int:
+    """CRC-32 of the array's bytes in C order."""
+    return zlib.crc32(np.ascontiguousarray(arr))
 
 
 def source_record(source: Path, tag: str) -> dict:
@@ -40,17 +62,53 @@ def _meta_path(entry: Path) -> Path:
     return entry.with_name(entry.name + ".json")
 
 
-def is_valid(entry: Path, record: dict) -> bool:
-    """True when ``entry`` exists, is complete and was made from the recorded source."""
-    meta = _meta_path(entry)
+def _fingerprint(entry: Path, crc: int) -> tuple:
+    st = entry.stat()
+    return (str(entry), st.st_ino, st.st_size, st.st_mtime_ns, crc)
+
+
+#: kinds of unusable entry: "absent" and "stale" are rebuilt quietly, "damaged" with a warning
+Problem = tuple[str, str]
+
+
+def _inspect(entry: Path, record: dict | None) -> tuple[Problem | None, np.ndarray | None]:
+    """``(None, memory map)`` when ``entry`` is usable, else ``((kind, why), None)``.
+
+    ``record`` is what the source demands (see :func:`source_record`); ``None`` checks the
+    entry's integrity only.
+    """
     try:
-        saved = json.loads(meta.read_text())
-        if {k: saved.get(k) for k in record} != record:
-            return False
-        arr = np.load(entry, mmap_mode="r")  # raises on a truncated file
-        return list(arr.shape) == saved["shape"] and str(arr.dtype) == saved["dtype"]
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return False
+        saved = json.loads(_meta_path(entry).read_text())
+    except FileNotFoundError:
+        return ("absent", "no record"), None
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        return ("damaged", f"unreadable record ({err})"), None
+    if not isinstance(saved, dict):
+        return ("damaged", "unreadable record (not a JSON object)"), None
+    if saved.get("version") != CACHE_VERSION or not isinstance(saved.get("crc32"), int):
+        return ("stale", "made by another cache version"), None
+    if record is not None and {k: saved.get(k) for k in record} != record:
+        return ("stale", "its source changed"), None
+    try:
+        arr = np.load(entry, mmap_mode="r")
+    except FileNotFoundError:
+        return ("absent", "no array file"), None
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as err:
+        return ("damaged", f"unreadable array file ({type(err).__name__}: {err})"), None
+    if [list(arr.shape), str(arr.dtype)] != [saved.get("shape"), saved.get("dtype")]:
+        return ("damaged", f"array {arr.dtype}{list(arr.shape)} is not the recorded one"), None
+    key = _fingerprint(entry, saved["crc32"])
+    if key not in _verified:
+        if checksum(arr) != saved["crc32"]:
+            return ("damaged", "checksum mismatch: its bytes changed after it was written"), None
+        _verified.add(key)
+    return None, arr
+
+
+def is_valid(entry: Path, record: dict) -> bool:
+    """True when ``entry`` exists, is intact and was made from the recorded source."""
+    problem, _ = _inspect(entry, record)
+    return problem is None
 
 
 @contextlib.contextmanager
@@ -82,23 +140,43 @@ def _atomic_write(path: Path, write: Callable[[object], None], binary: bool) -> 
 def ensure_cached(entry: Path, source: Path, tag: str, produce: Callable[[], np.ndarray]) -> bool:
     """Make sure ``entry`` holds ``produce()`` for the current ``source``.
 
-    Returns True when this call built the entry, False when a valid one was there.
+    Returns True when this call built the entry, False when a valid one was there. A
+    damaged entry is rebuilt with a warning naming it.
     """
     record = source_record(source, tag)
     if is_valid(entry, record):
         return False
     entry.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(entry.with_name(entry.name + ".lock")):
-        if is_valid(entry, record):  # another process built it while we waited
+        problem, _ = _inspect(entry, record)
+        if problem is None:  # another process built it while we waited
             return False
+        kind, why = problem
+        if kind == "damaged":
+            log.warning("%s: damaged decoded-image cache entry (%s); rebuilding it", entry, why)
         arr = np.ascontiguousarray(produce())
         _meta_path(entry).unlink(missing_ok=True)  # invalid until the new record lands
         _atomic_write(entry, lambda f: np.save(f, arr), binary=True)
-        meta = dict(record, shape=list(arr.shape), dtype=str(arr.dtype))
+        crc = checksum(arr)
+        meta = dict(record, shape=list(arr.shape), dtype=str(arr.dtype), crc32=crc)
         _atomic_write(_meta_path(entry), lambda f: json.dump(meta, f), binary=False)
+        _verified.add(_fingerprint(entry, crc))
     return True
 
 
 def open_cached(entry: Path) -> np.ndarray:
-    """The cached array, memory-mapped read-only."""
-    return np.load(entry, mmap_mode="r")
+    """The cached array, memory-mapped read-only, checked against its record.
+
+    Raises :class:`CacheEntryError` naming the file when the entry is damaged (or stale:
+    written by another cache version), since it cannot be rebuilt from here.
+    """
+    problem, arr = _inspect(entry, None)
+    if problem is None:
+        return arr
+    kind, why = problem
+    if kind == "absent" and not entry.exists():
+        raise FileNotFoundError(f"{entry}: decoded-image cache entry is missing")
+    raise CacheEntryError(
+        f"{entry}: unusable decoded-image cache entry ({why}); delete it and "
+        f"{_meta_path(entry).name} beside it, and run again to rebuild it"
+    )

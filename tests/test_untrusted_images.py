@@ -1,0 +1,108 @@
+"""Damaged caches and awkward image files: each is rebuilt or refused, naming the file."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datatrees import make_div2k
+from hdsr.data import cache
+from hdsr.data.div2k import DIV2KImages
+from hdsr.data.io import read_image
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Forget which cache entries this process has verified, as a new process would."""
+
+    def forget():
+        monkeypatch.setattr(cache, "_verified", set(), raising=False)
+
+    forget()
+    return forget
+
+
+def _cached_div2k(tmp_path: Path) -> tuple[Path, DIV2KImages]:
+    root = make_div2k(tmp_path / "DIV2K", [1, 2, 3, 4])
+    src = DIV2KImages(root, ranges=[[1, 4]])
+    assert src.prepare(2, progress=False) == 8
+    return root, src
+
+
+def _zero_payload(entry: Path) -> None:
+    """Overwrite the array bytes of a ``.npy`` file with zeros, keeping its header and size."""
+    arr = np.load(entry, mmap_mode="r")
+    size = entry.stat().st_size
+    with open(entry, "r+b") as f:
+        f.seek(size - arr.nbytes)
+        f.write(bytes(arr.nbytes))
+    assert entry.stat().st_size == size
+
+
+# -- the decoded-image cache ---------------------------------------------------------------
+def test_empty_cache_entry_is_rebuilt_with_a_warning(tmp_path, fresh_process, caplog):
+    root, src = _cached_div2k(tmp_path)
+    entry = root / ".hdsr_cache" / "DIV2K_train_HR" / "0004.npy"
+    entry.write_bytes(b"")
+    fresh_process()
+    with caplog.at_level("WARNING"):
+        assert src.prepare(2, progress=False) == 1
+    assert "DIV2K_train_HR/0004.npy" in caplog.text
+    pairs = src.load(2)
+    np.testing.assert_array_equal(pairs[3].hr, read_image(root / "DIV2K_train_HR" / "0004.png"))
+
+
+def test_zeroed_cache_entry_is_detected_and_rebuilt(tmp_path, fresh_process, caplog):
+    root, src = _cached_div2k(tmp_path)
+    entry = root / ".hdsr_cache" / "DIV2K_train_HR" / "0004.npy"
+    _zero_payload(entry)
+    fresh_process()
+    with caplog.at_level("WARNING"):
+        pairs = src.load(2)  # what a training run's setup() calls
+    assert "DIV2K_train_HR/0004.npy" in caplog.text and "checksum" in caplog.text
+    np.testing.assert_array_equal(pairs[3].hr, read_image(root / "DIV2K_train_HR" / "0004.png"))
+    assert src.prepare(2, progress=False) == 0
+
+
+def test_damaged_entry_where_it_cannot_be_rebuilt_is_named(tmp_path, fresh_process):
+    root, src = _cached_div2k(tmp_path)
+    pair = pickle.loads(pickle.dumps(src.load(2)[3]))  # as a worker of another process gets it
+    _zero_payload(pair.hr_path)
+    fresh_process()
+    with pytest.raises(cache.CacheEntryError, match=r"DIV2K_train_HR/0004.npy.*delete it"):
+        pair.hr  # noqa: B018
+    np.testing.assert_array_equal(
+        pair.lr, read_image(root / "DIV2K_train_LR_bicubic" / "X2" / "0004x2.png")
+    )
+
+
+def test_checksum_is_checked_once_per_entry_per_process(tmp_path, fresh_process, monkeypatch):
+    root, src = _cached_div2k(tmp_path)
+    fresh_process()
+    sizes = []
+    real = cache.checksum
+    monkeypatch.setattr(cache, "checksum", lambda a: sizes.append(a.shape) or real(a))
+    for _ in range(2):
+        pairs = DIV2KImages(root, ranges=[[1, 4]]).load(2)
+        for p in pickle.loads(pickle.dumps(pairs)):
+            assert p.lr.shape[0] * 2 == p.hr.shape[0]
+    assert len(sizes) == 8  # 4 HR + 4 LR entries, each verified once
+
+
+def test_records_without_a_checksum_are_rebuilt(tmp_path, fresh_process):
+    root, src = _cached_div2k(tmp_path)
+    meta = root / ".hdsr_cache" / "DIV2K_train_HR" / "0002.npy.json"
+    record = json.loads(meta.read_text())
+    assert record["version"] == cache.CACHE_VERSION >= 2
+    del record["crc32"]
+    meta.write_text(json.dumps(record))
+    fresh_process()
+    assert src.prepare(2, progress=False) == 1
+    assert "crc32" in json.loads(meta.read_text())
+    record.update(version=1)  # as hdsr with cache version 1 wrote it
+    meta.write_text(json.dumps(record))
+    assert src.prepare(2, progress=False) == 1
