@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +37,25 @@ def _bad_upsampler(shape) -> int:
     raise ValueError(f"unexpected upsampler shape {tuple(shape)} in the checkpoint")
 
 
+def read_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Any:
+    """``torch.load`` of an untrusted file: tensors and plain containers only.
+
+    ``weights_only=True`` makes the unpickler refuse every class outside PyTorch's
+    allow-list, so a checkpoint cannot run code while it is read. Both ``hdsr-train``
+    ``.ckpt`` files and the authors' ``.pt`` state_dicts load this way.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: refused: the file holds objects other than tensors and plain data, "
+            f"which hdsr never unpickles ({first})"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+
+
 def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> LoadedModel:
     """Rebuild the network of ``path``.
 
@@ -44,22 +65,21 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> Loade
       the scale taken from the upsampler, through ``hdsr.models.load_official``.
     """
     from hdsr.models import load_official
+    from hdsr.models.registry import build_network
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+    ckpt = read_checkpoint(path, map_location)
     if isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt:
         hp = ckpt["hyper_parameters"]
-        cfg = hp.get("net_config")
-        if not cfg:
+        if not isinstance(hp, dict) or not hp.get("net_config"):
             raise ValueError(f"{path}: the checkpoint has no net_config to rebuild its network")
-        from hydra.utils import instantiate
-
-        net = instantiate(cfg)
+        net = build_network(hp["net_config"], str(path), "hyper_parameters.net_config")
+        if not isinstance(ckpt["state_dict"], dict):
+            raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
         state = {
             k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
         }

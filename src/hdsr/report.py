@@ -65,16 +65,18 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def collect(sweep_dir: Path, macs_input: tuple[int, int]) -> list[dict[str, Any]]:
     """One record per job: variant, scale, final PSNR/SSIM per set, params, MACs, curves."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from hdsr.models.hdsrnet import count_parameters
+    from hdsr.models.registry import build_network
     from hdsr.profile import count_macs
 
     records = []
     for job in job_dirs(sweep_dir):
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-        net = instantiate(cfg.model.net)
+        cfg_file = job / ".hydra" / "config.yaml"
+        cfg = OmegaConf.load(cfg_file)
+        # a run folder's config is data: it may only name one of hdsr's networks
+        net = build_network(OmegaConf.select(cfg, "model.net"), str(cfg_file), "model.net")
         macs = count_macs(net, macs_input)
         rows = read_metrics(job)
         name = str(cfg.model.name)
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         help="LR input size HxW at which MACs are counted (default 256x256)",
     )
     args = ap.parse_args(argv)
+    from hdsr.models.registry import UntrustedConfigError
+
     try:
         h, w = (int(v) for v in args.macs_input.lower().split("x"))
     except ValueError:
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         records = collect(args.sweep_dir, (h, w))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UntrustedConfigError) as err:
         print(f"hdsr-report: error: {err}", file=sys.stderr)
         return 2
     write_table(records, out, (h, w))
