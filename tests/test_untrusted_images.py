@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datatrees import make_div2k
+from datatrees import make_benchmark, make_div2k
 from hdsr.data import cache
+from hdsr.data.benchmarks import BenchmarkImages
 from hdsr.data.div2k import DIV2KImages
-from hdsr.data.io import read_image
+from hdsr.data.io import ImageReadError, read_image
+from imagefiles import random_png16
 
 
 @pytest.fixture
@@ -106,3 +108,39 @@ def test_records_without_a_checksum_are_rebuilt(tmp_path, fresh_process):
     record.update(version=1)  # as hdsr with cache version 1 wrote it
     meta.write_text(json.dumps(record))
     assert src.prepare(2, progress=False) == 1
+
+
+# -- 16-bit colour images --------------------------------------------------------------------
+def test_read_image_refuses_16_bit_rgb_png(tmp_path):
+    from PIL import Image
+
+    deep = tmp_path / "deep_rgb.png"
+    random_png16(deep, 6, 5)
+    assert Image.open(deep).mode == "RGB"  # Pillow alone would drop the low bytes
+    with pytest.raises(ImageReadError, match=r"deep_rgb.png: 16 bits per channel"):
+        read_image(deep)
+
+
+def test_read_image_refuses_16_bit_rgb_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    deep = tmp_path / "deep_rgb.tif"
+    a = np.random.default_rng(1).integers(0, 65536, (6, 5, 3)).astype(np.uint16)
+    tifffile.imwrite(deep, a, photometric="rgb")
+    assert tifffile.TiffFile(deep).pages[0].bitspersample == 16
+    with pytest.raises(ImageReadError, match=r"deep_rgb.tif: 16 bits per sample"):
+        read_image(deep)
+
+
+def test_16_bit_files_in_training_and_benchmark_data_are_named(tmp_path):
+    root = make_div2k(tmp_path / "DIV2K", [1, 2])
+    random_png16(root / "DIV2K_train_HR" / "0002.png", 60, 72)
+    with pytest.raises(ImageReadError, match=r"DIV2K_train_HR/0002.png: 16 bits per channel"):
+        DIV2KImages(root, ranges=[[1, 2]]).prepare(2, progress=False)
+    root = make_div2k(tmp_path / "DIV2K_lr", [1])
+    random_png16(root / "DIV2K_train_LR_bicubic" / "X2" / "0001x2.png", 30, 36)
+    with pytest.raises(ImageReadError, match=r"X2/0001x2.png: 16 bits per channel"):
+        DIV2KImages(root, ranges=[[1, 1]]).load(2)
+    bench = make_benchmark(tmp_path / "bench", "Set5", 2)
+    random_png16(bench / "Set5" / "HR" / "img_001.png", 48, 50)
+    with pytest.raises(ImageReadError, match=r"Set5/HR/img_001.png: 16 bits per channel"):
+        BenchmarkImages(bench, "Set5").load(2)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from hdsr.data.imresize import imresize
 from hdsr.inference import upscale
 from hdsr.models import HDSRNet
 from hdsr.upscale import image_files, load_image, main
+from imagefiles import random_png16
 
 TINY = {
     "_target_": "hdsr.models.HDSRNet",
@@ -44,24 +43,6 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _png16(path: Path, a: np.ndarray) -> None:
-    """Write a 16-bit-per-channel RGB PNG (PIL would read it back as 8-bit RGB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    h, w, _ = a.shape
-    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _expected_rgb(ckpt: Path, rgb: np.ndarray) -> np.ndarray:
@@ -233,7 +214,7 @@ def test_load_image_modes(inputs):
 
 def test_16_bit_colour_png_is_refused_not_truncated(tmp_path, tiny_ckpt, capsys):
     deep = tmp_path / "deep_rgb.png"
-    _png16(deep, np.random.default_rng(0).integers(0, 65536, (6, 5, 3)).astype(np.uint16))
+    random_png16(deep, 6, 5)
     assert Image.open(deep).mode == "RGB"  # PIL alone would silently drop the low bytes
     with pytest.raises(ValueError, match="16 bits per channel"):
         load_image(deep)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hdsr.data.io import ImageReadError
+from hdsr.data.io import ImageReadError, high_bit_depth
 from hdsr.inference import DEFAULT_OVERLAP, PRECISIONS, auto_tile
 
 #: PIL modes of more than 8 bits per channel, refused.
@@ -73,10 +73,11 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
     try:
         with Image.open(path) as im:
             mode = im.mode
-            if mode in HIGH_BIT_MODES or mode.startswith("I;") or _deep_source(im):
+            deep = high_bit_depth(im)  # before load(), which clears what it reads
+            if mode in HIGH_BIT_MODES or mode.startswith("I;") or deep:
                 raise ImageReadError(
                     f"{path}: a 16-bit/32-bit or float image (PIL mode {mode!r}, "
-                    f"{_deep_source(im) or 'high bit depth'}); hdsr-upscale takes 8-bit "
+                    f"{deep or 'high bit depth'}); hdsr-upscale takes 8-bit "
                     "images only (convert it to 8 bits per channel first)"
                 )
             im.load()  # decode now, so a truncated file fails here
@@ -106,23 +107,6 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         return LoadedImage(_copy(rgb), _copy(alpha), gray=True)
     alpha = arr[:, :, 3] if mode == "RGBA" else None
     return LoadedImage(_copy(arr[:, :, :3]), _copy(alpha), gray=False)
-
-
-def _deep_source(im: Image.Image) -> str:
-    """A description if ``im`` stores more than 8 bits per channel that PIL would silently
-    reduce to 8-bit RGB(A)/LA (16-bit PNG and TIFF colour images), else ``""``."""
-    if im.format == "PNG":
-        for tile in im.tile:
-            args = tile[3]  # the raw mode, e.g. "RGB;16B"
-            raw = args if isinstance(args, str) else " ".join(map(str, args or ()))
-            if ";16" in raw:
-                return f"16 bits per channel ({raw})"
-    elif im.format == "TIFF":
-        bits = getattr(im, "tag_v2", {}).get(258)
-        bits = bits if isinstance(bits, tuple) else (bits,) if bits else ()
-        if any(b > 8 for b in bits):
-            return f"{max(bits)} bits per sample"
-    return ""
 
 
 def _copy(a: np.ndarray | None) -> np.ndarray | None:
