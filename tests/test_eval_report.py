@@ -102,6 +102,11 @@ def test_eval_errors_are_clear(tmp_path, bench):
     assert proc.returncode != 0 and "nothing to evaluate" in proc.stderr
     proc = run(f"hdsr-eval ckpt={tmp_path}/none.pt data.benchmark_root={bench}", tmp_path)
     assert proc.returncode != 0 and "none.pt does not exist" in proc.stderr
+    proc = run(f"hdsr-eval ckpt={tmp_path} data.benchmark_root={bench}", tmp_path)
+    assert proc.returncode != 0 and f"{tmp_path} is a directory" in proc.stderr
+    for bad, says in (("tile=abc", "tile must be"), ("tile_overlap=-1", "tile_overlap must")):
+        proc = run(f"hdsr-eval model=bicubic data.scale=2 data.benchmark_root={bench} {bad}", tmp_path)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
 
 
 def test_report_builds_table_and_plot(tmp_path):
@@ -125,3 +130,52 @@ def test_report_builds_table_and_plot(tmp_path):
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run(f"hdsr-report {tmp_path}", tmp_path)
     assert bad.returncode == 2 and "holds no runs" in bad.stderr
+
+
+def _eval_cfg(overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    import hdsr.evaluate  # noqa: F401 - registers the run-name resolver
+
+    with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
+    """Two runs of one variant (same model name) are two rows, each over its own images."""
+    from hdsr.evaluate import run_eval
+
+    old = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    ckpts = []
+    for k, run_name in enumerate(("a", "b")):
+        ckpt = torch.load(old, weights_only=True)
+        sd = ckpt["state_dict"]
+        sd["net.tail.conv.weight"] = sd["net.tail.conv.weight"] * (1 + 0.05 * k)
+        path = tmp_path / run_name / "last.ckpt"
+        path.parent.mkdir()
+        torch.save(ckpt, path)
+        ckpts.append(path)
+    base = [f"data.benchmark_root={bench}", "data.test_sets=[Set14]", "logger=csv"]
+
+    def measured(paths, out):
+        cfg = _eval_cfg([f"ckpt=[{','.join(map(str, paths))}]", f"paths.run_dir={out}", *base])
+        return [r for r in run_eval(cfg) if r["source"] == "measured" and r["method"] != "bicubic"]
+
+    alone = [measured([p], tmp_path / f"alone{k}")[0] for k, p in enumerate(ckpts)]
+    assert alone[0]["psnr_y"] != alone[1]["psnr_y"]
+    both = measured(ckpts, tmp_path / "both")
+    assert [r["method"] for r in both] == [f"hdsrnet ({ckpts[0]})", f"hdsrnet ({ckpts[1]})"]
+    assert [r["images"] for r in both] == [2, 2]
+    assert [r["psnr_y"] for r in both] == [r["psnr_y"] for r in alone]
+    assert [r["ssim_y"] for r in both] == [r["ssim_y"] for r in alone]
+    # runs in the usual layout are told apart by their run names
+    from hdsr.checkpoints import LoadedModel
+    from hdsr.evaluate import distinct_names
+
+    models = [
+        LoadedModel(None, 2, "hdsrnet", f"runs/{r}/checkpoints/last.ckpt") for r in ("x", "y")
+    ]
+    distinct_names(models)
+    assert [m.name for m in models] == ["hdsrnet (x)", "hdsrnet (y)"]
+    with pytest.raises(ValueError, match="given twice"):
+        measured([ckpts[0], ckpts[0]], tmp_path / "twice")

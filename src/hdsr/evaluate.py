@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,48 @@ log = logging.getLogger(__name__)
 CONFIG_MODULE = "hdsr.conf"
 
 
+def _run_label(path: str | Path) -> str:
+    """A checkpoint's run: ``<run>/checkpoints/x.ckpt`` -> ``<run>``, else the file's stem."""
+    p = Path(str(path))
+    return p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
+
+
+def distinct_names(models: Sequence[Any]) -> None:
+    """Give models of one scale that share a name (two runs of one variant) names that tell
+    them apart: ``<name> (<run>)``, or ``<name> (<path>)`` where runs collide too.
+
+    Each model is its own row; without this their images would be averaged together.
+    Raises ``ConfigError`` when one file is given twice.
+    """
+    from hdsr.loggers import ConfigError
+
+    seen: dict[Path, str] = {}
+    for m in models:
+        if m.source == "-":
+            continue
+        key = Path(m.source).resolve()
+        if key in seen:
+            raise ConfigError(f"ckpt: {m.source} is given twice (also as {seen[key]})")
+        seen[key] = m.source
+    base = {id(m): m.name for m in models}
+    for label in (_run_label, str):
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for m in models:
+            groups.setdefault((m.name, m.scale), []).append(m)
+        clashes = [m for g in groups.values() if len(g) > 1 for m in g if m.source != "-"]
+        if not clashes:
+            return
+        for m in clashes:
+            m.name = f"{base[id(m)]} ({label(m.source)})"
+
+
 def _eval_name(ckpts: Any, model: Any) -> str:
     """A readable, fixed name for an evaluation: its checkpoints' runs (or file stems)."""
     if isinstance(ckpts, str):
         ckpts = [ckpts] if ckpts else []
     names = []
     for c in ckpts or []:
-        p = Path(str(c))
-        names.append(p.parent.parent.name if p.parent.name == "checkpoints" else p.stem)
+        names.append(_run_label(c))
     if model:
         names.append(str(model))
     return "+".join(names) or "eval"
@@ -246,6 +281,30 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, summary, rows) -> str | None:
         wandb.finish(exit_code=exit_code)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Reject option values that would fail late or with a raw traceback, naming the key."""
+    from hdsr.inference import PRECISIONS
+    from hdsr.loggers import ConfigError
+
+    tile = cfg.get("tile")
+    if tile is not None and not (_is_int(tile) and tile >= 0):
+        raise ConfigError(f"tile must be null or a non-negative integer (LR pixels), got {tile!r}")
+    overlap = cfg.get("tile_overlap")
+    if not (_is_int(overlap) and overlap >= 0):
+        raise ConfigError(f"tile_overlap must be a non-negative integer, got {overlap!r}")
+    if str(cfg.get("precision")) not in PRECISIONS:
+        raise ConfigError(
+            f"precision must be one of {list(PRECISIONS)}, got {cfg.get('precision')!r}"
+        )
+    scale = cfg.data.get("scale")
+    if scale is not None and (not _is_int(scale) or scale not in (2, 3, 4)):
+        raise ConfigError(f"data.scale must be null, 2, 3 or 4, got {scale!r}")
+
+
 def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     """Evaluate every checkpoint (and ``model=bicubic``) of ``cfg``; return the summary."""
     from hydra.utils import instantiate
@@ -258,10 +317,12 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     from hdsr.loggers import ConfigError
     from hdsr.runtime import apply_runtime_config
 
+    check_eval_config(cfg)
     apply_runtime_config(cfg)
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
     models: list[LoadedModel] = [load_model(c) for c in ckpts]
+    distinct_names(models)
     if cfg.get("model") is not None:
         scale = cfg.data.scale
         if scale is None:
@@ -284,14 +345,15 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
                 n: BenchmarkImages(cfg.data.benchmark_root, n).load(m.scale) for n in set_names
             }
             baseline[m.scale] = bicubic_per_image(cache[m.scale], m.scale)
-        image_dir = run_dir / "images" / m.name.replace(" ", "_") if cfg.save_images else None
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", m.name).strip("_") or "model"
+        image_dir = run_dir / "images" / folder if cfg.save_images else None
         rows += evaluate_model(
             m,
             cache[m.scale],
             device,
             str(cfg.precision),
             bool(cfg.self_ensemble),
-            cfg.tile,
+            cfg.tile or None,
             int(cfg.tile_overlap),
             baseline[m.scale],
             image_dir,
