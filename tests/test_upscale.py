@@ -11,6 +11,7 @@ from PIL import Image
 
 from hdsr.checkpoints import load_model
 from hdsr.data.imresize import imresize
+from hdsr.data.io import read_image
 from hdsr.inference import upscale
 from hdsr.models import HDSRNet
 from hdsr.upscale import image_files, load_image, main
@@ -221,3 +222,40 @@ def test_16_bit_colour_png_is_refused_not_truncated(tmp_path, tiny_ckpt, capsys)
     assert main([str(deep), "-o", str(tmp_path / "o"), "--ckpt", str(tiny_ckpt)]) == 1
     assert "deep_rgb.png" in capsys.readouterr().err
     assert not (tmp_path / "o" / "deep_rgb_x2.png").exists()
+
+
+def test_exif_orientation_is_applied(tmp_path, tiny_ckpt):
+    src = tmp_path / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: shown rotated 90 degrees clockwise
+    Image.fromarray(_rgb(6, 10, 8)).save(src, quality=95, exif=exif.tobytes())
+    assert Image.open(src).getexif()[0x0112] == 6
+    stored = np.asarray(Image.open(src))
+    assert stored.shape == (6, 10, 3)
+    upright = np.ascontiguousarray(np.rot90(stored, k=-1))
+    np.testing.assert_array_equal(load_image(src).rgb, upright)
+    np.testing.assert_array_equal(read_image(src), stored)  # training data: as stored
+    out = tmp_path / "out"
+    assert main([str(src), "-o", str(out), "--ckpt", str(tiny_ckpt)]) == 0
+    got = np.asarray(Image.open(out / "portrait_x2.png"))
+    assert got.shape == (20, 12, 3)
+    np.testing.assert_array_equal(got, _expected_rgb(tiny_ckpt, upright))
+
+
+def test_animated_gif_is_upscaled_as_its_first_frame_with_a_notice(tmp_path, tiny_ckpt, capsys):
+    src = tmp_path / "anim.gif"
+    frames = [Image.fromarray(_rgb(8, 9, k)).convert("P") for k in range(3)]
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(src).n_frames == 3
+    assert load_image(src).notes == [f"{src}: animated, 3 frames: upscaling the first frame only"]
+    still = tmp_path / "still.gif"
+    frames[0].save(still)
+    assert load_image(still).notes == []
+    out = tmp_path / "out"
+    assert main([str(src), str(still), "-o", str(out), "--ckpt", str(tiny_ckpt)]) == 0
+    err = capsys.readouterr().err
+    assert f"{src}: animated, 3 frames: upscaling the first frame only" in err
+    assert err.count("frames") == 1
+    first = np.asarray(Image.open(src).convert("RGB"))
+    got = np.asarray(Image.open(out / "anim_x2.png"))
+    np.testing.assert_array_equal(got, _expected_rgb(tiny_ckpt, first))

@@ -12,7 +12,12 @@ sorted, not recursive). Each ``name.ext`` becomes ``OUTDIR/name_x<s>.png``, 8-bi
   mean of its three output channels;
 * with alpha (RGBA, LA, PA, palette with transparency) -> RGBA (LA -> LA): the colour
   goes through the network, the alpha through MATLAB bicubic (``hdsr.data.imresize``);
-* 16-bit and float images (PIL modes I;16*, I, F) are refused.
+* 16-bit and float images (PIL modes I;16*, I, F; 16-bit PNG and TIFF colour images,
+  which PIL would read as 8-bit) are refused.
+
+The EXIF orientation is applied as image viewers do (a portrait photo stored sideways
+comes out upright). An animated or multi-frame file (GIF, APNG, multi-page TIFF, ...) is
+upscaled as its first frame, with a notice naming the file and its frame count.
 
 A file that fails writes nothing (the PNG is written under a temporary name and renamed);
 the others still run, the failures are listed at the end and the exit status is 1.
@@ -30,27 +35,31 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hdsr.data.io import ImageReadError, high_bit_depth
 from hdsr.inference import DEFAULT_OVERLAP, PRECISIONS, auto_tile
 
 #: PIL modes of more than 8 bits per channel, refused.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F", "I;32", "I;32B")
+#: the EXIF tag of the orientation
+ORIENTATION = 0x0112
 
 
 @dataclass
 class LoadedImage:
     """A decoded 8-bit image: ``rgb`` ``(H, W, 3)`` uint8, optional ``alpha`` ``(H, W)``
-    uint8, and whether the source was gray (``gray``), which decides the output mode."""
+    uint8, and whether the source was gray (``gray``), which decides the output mode.
+    ``notes`` are notices for the user about how the file was read (each names it)."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None
     gray: bool
+    notes: list[str] = field(default_factory=list)
 
 
 def image_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -68,8 +77,12 @@ def image_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def load_image(path: str | os.PathLike[str]) -> LoadedImage:
-    """Decode ``path`` to 8-bit RGB (+ alpha); raise ``ImageReadError`` naming the file."""
+    """Decode ``path`` to 8-bit RGB (+ alpha); raise ``ImageReadError`` naming the file.
+
+    The EXIF orientation is applied; a multi-frame file gives its first frame and a note.
+    """
     path = Path(path)
+    notes: list[str] = []
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -80,7 +93,13 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
                     f"{deep or 'high bit depth'}); hdsr-upscale takes 8-bit "
                     "images only (convert it to 8 bits per channel first)"
                 )
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                kind = "animated" if im.format in ("GIF", "PNG", "WEBP") else "multi-frame"
+                notes.append(f"{path}: {kind}, {frames} frames: upscaling the first frame only")
             im.load()  # decode now, so a truncated file fails here
+            if im.getexif().get(ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)  # upright, as image viewers show it
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif mode == "PA":
@@ -104,9 +123,9 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         gray = arr if mode == "L" else arr[:, :, 0]
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
         alpha = arr[:, :, 1] if mode == "LA" else None
-        return LoadedImage(_copy(rgb), _copy(alpha), gray=True)
+        return LoadedImage(_copy(rgb), _copy(alpha), gray=True, notes=notes)
     alpha = arr[:, :, 3] if mode == "RGBA" else None
-    return LoadedImage(_copy(arr[:, :, :3]), _copy(alpha), gray=False)
+    return LoadedImage(_copy(arr[:, :, :3]), _copy(alpha), gray=False, notes=notes)
 
 
 def _copy(a: np.ndarray | None) -> np.ndarray | None:
@@ -292,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 claimed[dst] = src
                 img = load_image(src)
+                for note in img.notes:  # printed above the progress bar
+                    progress.console.print(
+                        note, style="yellow", markup=False, highlight=False, soft_wrap=True
+                    )
                 result = upscale_image(
                     img,
                     model.net,
