@@ -144,3 +144,14 @@ def test_16_bit_files_in_training_and_benchmark_data_are_named(tmp_path):
     random_png16(bench / "Set5" / "HR" / "img_001.png", 48, 50)
     with pytest.raises(ImageReadError, match=r"Set5/HR/img_001.png: 16 bits per channel"):
         BenchmarkImages(bench, "Set5").load(2)
+
+
+# -- benchmark sets ----------------------------------------------------------------------------
+def test_benchmark_files_with_the_same_name_are_refused(tmp_path):
+    from PIL import Image
+
+    root = make_benchmark(tmp_path, "Set5", 2)
+    hr = tmp_path / "Set5" / "HR"
+    Image.open(hr / "img_001.png").save(hr / "img_001.bmp")
+    with pytest.raises(ValueError, match=r"HR/img_001.bmp and .*HR/img_001.png.*same name"):
+        BenchmarkImages(root, "Set5").load(2)

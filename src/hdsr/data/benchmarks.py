@@ -5,7 +5,8 @@
 
 HR is mod-cropped to a multiple of the scale. When the LR folder is absent, LR images are
 made from the mod-cropped HR with the MATLAB-compatible bicubic. Gray images stay gray:
-the network gets a 3-channel copy and the metrics use the gray image as Y.
+the network gets a 3-channel copy and the metrics use the gray image as Y. Images are named
+by their stem, so two files of the same stem (``a.png`` and ``a.bmp``) are refused.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class BenchmarkImages:
         hr_files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not hr_files:
             raise ValueError(f"benchmark set {self.name!r} is empty: no images in {hr_dir}")
+        _refuse_same_names(self.name, hr_files)
         lr_dir = set_dir / "LR_bicubic" / f"X{scale}"
         if not lr_dir.is_dir():
             log.info(
@@ -86,3 +88,17 @@ class BenchmarkImages:
 
     def __repr__(self) -> str:
         return f"BenchmarkImages({str(self.root)!r}, {self.name!r})"
+
+
+def _refuse_same_names(set_name: str, files: Sequence[Path]) -> None:
+    """Raise ``ValueError`` naming both files when two images share a name (their stem):
+    they would give two result rows of that name, and one saved image would replace the
+    other."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise ValueError(
+                f"benchmark set {set_name!r}: {seen[path.stem]} and {path} have the same name "
+                f"{path.stem!r} (images are named by their stem); keep only one of them"
+            )
+        seen[path.stem] = path
