@@ -70,6 +70,29 @@ def test_zeroed_cache_entry_is_detected_and_rebuilt(tmp_path, fresh_process, cap
     assert src.prepare(2, progress=False) == 0
 
 
+def test_training_on_a_damaged_cache_rebuilds_it_first(tmp_path, fresh_process, caplog):
+    from hdsr.data.datamodule import SRDataModule
+
+    root, _ = _cached_div2k(tmp_path)
+    _zero_payload(root / ".hdsr_cache" / "DIV2K_train_LR_bicubic" / "X2" / "0003x2.npy")
+    fresh_process()
+    bench = make_benchmark(tmp_path / "bench", "Set5", 1)
+    dm = SRDataModule(
+        2,
+        DIV2KImages(root, ranges=[[1, 4]]),
+        {"Set5": BenchmarkImages(bench, "Set5")},
+        patch_size=32,
+        batch_size=2,
+        patches_per_epoch=4,
+    )
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")  # as a rank that did not run prepare_data does
+    assert "X2/0003x2.npy" in caplog.text
+    lr_png = read_image(root / "DIV2K_train_LR_bicubic" / "X2" / "0003x2.png")
+    np.testing.assert_array_equal(dm.train_set.pairs[2].lr, lr_png)
+    assert next(iter(dm.train_dataloader()))["lr"].shape == (2, 3, 16, 16)
+
+
 def test_damaged_entry_where_it_cannot_be_rebuilt_is_named(tmp_path, fresh_process):
     root, src = _cached_div2k(tmp_path)
     pair = pickle.loads(pickle.dumps(src.load(2)[3]))  # as a worker of another process gets it
