@@ -68,7 +68,9 @@ def test_wandb_records_one_run_per_job_with_group_config_history_summary(tmp_pat
         assert {"val/psnr_y/demo", "val/ssim_y/demo", "bicubic/psnr_y/demo"} <= keys
         assert any(k.startswith("val/images/demo/") for k in keys)
         assert any(k.startswith("final/metrics") for k in keys)
-        assert rec["summary"]["final/bicubic/psnr_y/demo"] == pytest.approx(33.4548634, abs=1e-5)
+        # limit_val_batches=1 scores the model on astronaut alone: bicubic covers the same
+        # image (its MATLAB fixture value), not both demo images (33.4548634)
+        assert rec["summary"]["final/bicubic/psnr_y/demo"] == pytest.approx(31.693843, abs=1e-5)
         assert f"final/{variant}/psnr_y/demo" in rec["summary"]
         assert rec["exit_code"] == 0
     assert groups == {"abl"}

@@ -188,3 +188,20 @@ def test_div2k_and_benchmarks_end_to_end(tmp_path):
         assert any(r.get(key) for r in rows), key
     table = proc.stdout
     assert "Set5 PSNR" in table and "Set14 PSNR" in table
+
+
+@pytest.mark.slow
+def test_final_table_scores_bicubic_on_the_images_the_model_was_scored_on(tmp_path):
+    cmd = (
+        "hdsr-train model=ablation/r1_six_conv logger=csv trainer.max_steps=1 "
+        "trainer.limit_val_batches=1 data.patches_per_epoch=2 data.batch_size=2 data.patch_size=32"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # one image (astronaut): its MATLAB-bicubic x2 figures, not the two-image mean 33.45
+    bicubic_row = next(line for line in proc.stdout.splitlines() if "bicubic" in line)
+    assert "31.69" in bicubic_row and "0.9445" in bicubic_row, proc.stdout
+    assert "1 of 2 images" in proc.stdout
+    rows = read_csv(tmp_path / "runs" / "r1_six_conv_x2_s0" / "csv" / "version_0" / "metrics.csv")
+    logged = [float(r["bicubic/psnr_y/demo"]) for r in rows if r.get("bicubic/psnr_y/demo")]
+    assert logged == [pytest.approx(31.693843, abs=1e-5)]

@@ -68,6 +68,12 @@ def final_table(cfg: Any, result: Mapping[str, Any]) -> None:
     table.add_row("bicubic", *bicubic)
     console = Console(soft_wrap=True)
     console.print(table)
+    for s, (scored, total) in result.get("images", {}).items():
+        if scored < total:
+            console.print(
+                f"{s}: scored on {scored} of {total} images (trainer.limit_val_batches); "
+                "bicubic on the same images"
+            )
     console.print(f"run directory : {result['run_dir']}")
     console.print(f"checkpoint    : {result['checkpoint']}")
     if result.get("best_checkpoint"):

@@ -66,7 +66,9 @@ class SRModule(L.LightningModule):
         self.scale = scale
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
-        self._scores: dict[str, list[tuple[float, float]]] = {}
+        self._scores: dict[str, list[tuple[str, float, float]]] = {}
+        #: per set, the images the last validation/test epoch scored (all ranks), in order
+        self.scored_images: dict[str, list[str]] = {}
         self._crops: list[tuple[str, str, list[np.ndarray]]] = []
         self.channels_last = channels_last
         if channels_last:
@@ -100,7 +102,10 @@ class SRModule(L.LightningModule):
         """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels."""
         hr = batch["hr"].cpu().numpy()
         sr = sr_like_hr(to_uint8_image(self(batch["lr"])).numpy(), hr)
-        self._scores[set_name].append((psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale)))
+        name = str(batch.get("name", ""))
+        self._scores[set_name].append(
+            (name, psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
+        )
         return sr
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -124,13 +129,13 @@ class SRModule(L.LightningModule):
         crops = [center_crop(x, size) for x in (sr, bicubic, hr)]
         self._crops.append((set_name, str(batch.get("name", "")), crops))
 
-    def _gather_scores(self) -> dict[str, list[tuple[float, float]]]:
+    def _gather_scores(self) -> dict[str, list[tuple[str, float, float]]]:
         """Every rank's per-image scores (each image scored once, on one rank)."""
         if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
             return self._scores
         gathered: list = [None] * self.trainer.world_size
         torch.distributed.all_gather_object(gathered, self._scores)
-        merged: dict[str, list[tuple[float, float]]] = {}
+        merged: dict[str, list[tuple[str, float, float]]] = {}
         for part in gathered:
             for name, scores in part.items():
                 merged.setdefault(name, []).extend(scores)
@@ -138,11 +143,13 @@ class SRModule(L.LightningModule):
 
     def _log_scores(self, stage: str) -> None:
         """Log the per-image scores averaged over each set as ``<stage>/psnr_y/<set>``."""
-        for name, scores in self._gather_scores().items():
+        gathered = self._gather_scores()
+        self.scored_images = {name: [s[0] for s in scores] for name, scores in gathered.items()}
+        for name, scores in gathered.items():
             if not scores:
                 continue
-            psnr = sum(s[0] for s in scores) / len(scores)
-            ssim = sum(s[1] for s in scores) / len(scores)
+            psnr = sum(s[1] for s in scores) / len(scores)
+            ssim = sum(s[2] for s in scores) / len(scores)
             bar = stage == "val"
             self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, add_dataloader_idx=False)
             self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)

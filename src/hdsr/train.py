@@ -218,13 +218,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not trainer.is_global_zero:
             exit_code = 0
             return {"metrics": metrics}
-        bicubic = bicubic_scores(datamodule.val_pairs, cfg.data.scale)
+        # bicubic over the images the model was scored on (trainer.limit_val_batches)
+        scored = {n: set(names) for n, names in module.scored_images.items()}
+        val_pairs = {
+            n: [p for p in pairs if p.name in scored.get(n, ())]
+            for n, pairs in datamodule.val_pairs.items()
+        }
+        bicubic = bicubic_scores({n: p for n, p in val_pairs.items() if p}, cfg.data.scale)
         bicubic_log = {}
         for name, (psnr, ssim) in bicubic.items():
             bicubic_log[f"bicubic/psnr_y/{name}"] = psnr
             bicubic_log[f"bicubic/ssim_y/{name}"] = ssim
         for logger in loggers:
             logger.log_metrics(bicubic_log, step=trainer.global_step)
+            logger.save()  # the CSV logger writes buffered rows only on save
         log_final_table(loggers, final_rows(cfg.model.name, metrics, bicubic))
         wb = wandb_logger(loggers)
         wandb_run = wb.experiment if wb is not None else None
@@ -232,6 +239,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result = {
             "metrics": metrics,
             "bicubic": bicubic,
+            "images": {n: (len(val_pairs[n]), len(datamodule.val_pairs[n])) for n in bicubic},
             "run_dir": str(run_dir),
             "checkpoint": ckpt.last_model_path or str(ckpt_dir / "last.ckpt"),
             "best_checkpoint": ckpt.best_model_path,
