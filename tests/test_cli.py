@@ -71,9 +71,53 @@ def test_scale_switches_the_whole_stack():
 
 
 @pytest.mark.parametrize("key", ["data.patch_size", "data.batch_size", "data.patches_per_epoch"])
-def test_non_positive_sizes_are_config_errors(key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        check_config(compose([f"{key}=0"]))
+@pytest.mark.parametrize("value", ["0", "abc", "2.5", "true"])
+def test_sizes_that_are_not_positive_integers_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*positive integer"):
+        check_config(compose([f"{key}={value}"]))
+
+
+@pytest.mark.parametrize("scale, smallest", [(2, 2), (3, 2), (4, 3)])
+def test_hr_patch_too_small_for_the_scale_names_the_smallest(scale, smallest):
+    says = rf"data\.patch_size={smallest - 1} .*at least {smallest}"
+    with pytest.raises(ConfigError, match=says):
+        check_config(compose([f"data.scale={scale}", f"data.patch_size={smallest - 1}"]))
+    check_config(compose([f"data.scale={scale}", f"data.patch_size={smallest}"]))
+
+
+def test_one_pixel_lr_patches_flip_and_convert():
+    import numpy as np
+
+    from hdsr.data.transforms import augment, to_tensor_chw
+
+    lr = np.arange(3, dtype=np.uint8).reshape(1, 1, 3)
+    for flips in ((True, False, False), (False, True, True), (True, True, False)):
+        (out,) = augment([lr], *flips)
+        assert to_tensor_chw(out).flatten().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_added_overrides_follow_the_users_so_flags_may_come_last():
+    from hdsr.cli import with_overrides
+
+    extra = ["hydra.run.dir=."]
+    assert with_overrides(["data.scale=3", "--cfg", "job"], extra) == [
+        "data.scale=3",
+        "hydra.run.dir=.",
+        "--cfg",
+        "job",
+    ]
+    assert with_overrides(["--cfg", "job"], extra) == ["hydra.run.dir=.", "--cfg", "job"]
+    assert with_overrides(["-m", "seed=1,2"], extra) == ["-m", "seed=1,2", "hydra.run.dir=."]
+
+
+def test_multirun_with_cfg_is_a_usage_error_in_the_users_terms(capsys):
+    from hdsr.cli import check_mode_flags
+
+    with pytest.raises(UsageError):
+        check_mode_flags(["-m", "seed=1,2", "--cfg", "job"])
+    err = capsys.readouterr().err
+    assert "-m and --cfg cannot be combined" in err and "hydra." not in err
+    check_mode_flags(["seed=1", "--cfg", "job"])  # one job's config: fine
 
 
 def test_job_directories_name_only_the_swept_keys():

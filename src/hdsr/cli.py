@@ -169,12 +169,39 @@ def job_dir_overrides(argv: Sequence[str]) -> list[str]:
     ]
 
 
+def check_mode_flags(argv: Sequence[str]) -> None:
+    """Hydra runs one of -m, --cfg, --info at a time; say so in the user's terms."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    shown = next((a for a in argv if a in ("-c", "--cfg", "-i", "--info")), None)
+    if multirun and shown:
+        raise UsageError(
+            f"-m and {shown} cannot be combined; to see the config of one job of the sweep, "
+            f"drop -m and give one value per swept key (e.g. seed=1 instead of seed=1,2)"
+        )
+
+
+def with_overrides(argv: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``argv`` with ``extra`` overrides placed right after the user's last override.
+
+    Hydra's parser reads overrides as one run of positional arguments: overrides appended
+    after a flag (``-m a=1,2 --cfg job``) would be rejected as unrecognised arguments the
+    user never typed.
+    """
+    argv = list(argv)
+    positions = [pos for pos, _ in _overrides(argv)]
+    at = positions[-1] + 1 if positions else len(argv)
+    if not positions:  # no override typed: put them before the first flag
+        at = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    return argv[:at] + list(extra) + argv[at:]
+
+
 def train_main() -> None:
     """Entry point of ``hdsr-train``."""
     from hdsr.train import CONFIG_MODULE
 
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
-    sys.argv[1:] = argv + job_dir_overrides(argv)
+    check_mode_flags(argv)
+    sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
     from hdsr.train import hydra_main
 
     hydra_main()
@@ -188,11 +215,9 @@ def prepare_main() -> None:
     if any(a in ("-m", "--multirun") for a in argv):
         raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
     # no run directory and no .hydra/ for a preparation step
-    sys.argv[1:] = argv + [
-        "hydra.output_subdir=null",
-        "hydra.run.dir=.",
-        "hydra/job_logging=stdout",
-    ]
+    sys.argv[1:] = with_overrides(
+        argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
+    )
     from hdsr.train import prepare_hydra_main
 
     prepare_hydra_main()
@@ -203,6 +228,7 @@ def eval_main() -> None:
     from hdsr.evaluate import CONFIG_MODULE
 
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    check_mode_flags(argv)
     sys.argv[1:] = argv
     from hdsr.evaluate import hydra_main
 

@@ -61,4 +61,7 @@ def to_tensor_chw(img: np.ndarray):
 
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    if any(s < 0 for s in chw.strides):  # a flipped 1-pixel side counts as contiguous
+        chw = chw.copy()
+    return torch.from_numpy(chw).float()
