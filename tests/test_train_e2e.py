@@ -205,3 +205,21 @@ def test_final_table_scores_bicubic_on_the_images_the_model_was_scored_on(tmp_pa
     rows = read_csv(tmp_path / "runs" / "r1_six_conv_x2_s0" / "csv" / "version_0" / "metrics.csv")
     logged = [float(r["bicubic/psnr_y/demo"]) for r in rows if r.get("bicubic/psnr_y/demo")]
     assert logged == [pytest.approx(31.693843, abs=1e-5)]
+
+
+@pytest.mark.slow
+def test_config_errors_leave_no_empty_run_folder(tmp_path):
+    proc = run("hdsr-train data.batch_size=abc logger=csv", tmp_path)
+    assert proc.returncode != 0
+    assert "data.batch_size must be a positive integer, got 'abc'" in proc.stderr
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+    # a run folder with results in it is kept, whatever the new command got wrong
+    kept = tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"results")
+    proc = run("hdsr-train data.patch_size=1 logger=csv", tmp_path)
+    assert proc.returncode != 0 and "data.patch_size=1" in proc.stderr
+    assert kept.read_bytes() == b"results"
+    proc = run("hdsr-eval model=bicubic data.scale=2 data.benchmark_root=. tile=abc", tmp_path)
+    assert proc.returncode != 0 and "tile must be" in proc.stderr
+    assert not (tmp_path / "runs" / "eval").exists()

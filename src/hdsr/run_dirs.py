@@ -1,0 +1,62 @@
+"""Run folders: a job that fails before it wrote anything leaves no folder behind.
+
+Hydra makes a job's folder (its ``.hydra/`` configs and the job log) before the task runs,
+so a command rejected for a bad value would leave an empty run folder beside the real
+ones, and ``hdsr-report`` or a later ``ls runs/`` would meet it. :class:`DiscardEmptyRunDir`
+(a Hydra callback, ``hydra.callbacks`` in ``train.yaml`` and ``eval.yaml``) removes the
+folder of a failed job when it holds nothing but what Hydra itself put there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+def holds_only_hydra_files(run_dir: Path, subdir: str) -> bool:
+    """True when ``run_dir`` holds ``subdir`` (Hydra's ``.hydra``) and at most log files."""
+    if not (run_dir / subdir).is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name == subdir:
+            continue
+        if not (entry.is_file() and entry.suffix == ".log"):
+            return False
+    return True
+
+
+class DiscardEmptyRunDir(Callback):
+    """After a failed job, remove its run folder if only Hydra's files are in it."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED or job_return.hydra_cfg is None:
+            return
+        hydra = job_return.hydra_cfg.hydra
+        subdir = OmegaConf.select(hydra, "output_subdir")
+        out = OmegaConf.select(hydra, "runtime.output_dir")
+        if not subdir or not out:
+            return
+        run_dir = Path(str(out))
+        if run_dir.resolve() == Path.cwd().resolve() or not holds_only_hydra_files(
+            run_dir, str(subdir)
+        ):
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in run_dir.resolve().parents:  # runs/ (or runs/eval/) if now empty
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        print(
+            f"removed the run folder {run_dir}: the job failed before writing anything",
+            file=sys.stderr,
+        )
