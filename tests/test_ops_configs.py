@@ -113,9 +113,13 @@ def test_patch_sampler_starts_at_the_trainers_step():
     assert list(s)[:6] == list(range(18, 24)) and len(s) == 12
 
 
-def test_shard_sampler_covers_each_item_once():
-    shards = [list(ShardSampler(5, r, 3)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(5))
+@pytest.mark.parametrize("n, world", [(5, 3), (2, 3), (1, 2), (5, 8), (4, 2)])
+def test_shard_sampler_gives_every_rank_one_length_and_covers_each_item(n, world):
+    shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+    per_rank = -(-n // world)
+    assert all(len(s) == per_rank for s in shards)  # no rank idles at the gather
+    assert set(sum(shards, [])) == set(range(n))
+    assert shards[0] == list(range(0, n, world))[:per_rank]  # rank 0 as before
 
 
 # -- runtime switches give the same numbers --------------------------------------------

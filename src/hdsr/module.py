@@ -66,7 +66,8 @@ class SRModule(L.LightningModule):
         self.scale = scale
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
-        self._scores: dict[str, list[tuple[str, float, float]]] = {}
+        #: per set, (image index, name, PSNR, SSIM) of the images this rank scored
+        self._scores: dict[str, list[tuple[int, str, float, float]]] = {}
         #: per set, the images the last validation/test epoch scored (all ranks), in order
         self.scored_images: dict[str, list[str]] = {}
         self._crops: list[tuple[str, str, list[np.ndarray]]] = []
@@ -103,8 +104,9 @@ class SRModule(L.LightningModule):
         hr = batch["hr"].cpu().numpy()
         sr = sr_like_hr(to_uint8_image(self(batch["lr"])).numpy(), hr)
         name = str(batch.get("name", ""))
+        index = int(batch.get("index", len(self._scores[set_name])))
         self._scores[set_name].append(
-            (name, psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
+            (index, name, psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
         )
         return sr
 
@@ -129,27 +131,34 @@ class SRModule(L.LightningModule):
         crops = [center_crop(x, size) for x in (sr, bicubic, hr)]
         self._crops.append((set_name, str(batch.get("name", "")), crops))
 
-    def _gather_scores(self) -> dict[str, list[tuple[str, float, float]]]:
-        """Every rank's per-image scores (each image scored once, on one rank)."""
-        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
-            return self._scores
-        gathered: list = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, self._scores)
-        merged: dict[str, list[tuple[str, float, float]]] = {}
-        for part in gathered:
-            for name, scores in part.items():
-                merged.setdefault(name, []).extend(scores)
+    def _gather_scores(self) -> dict[str, list[tuple[int, str, float, float]]]:
+        """Every rank's per-image scores, each image once, in the set's order.
+
+        Ranks pad their shards by wrapping (``ShardSampler``), so an image may have been
+        scored on two ranks: the repeats (same index, same weights, same score) go.
+        """
+        parts = [self._scores]
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, self._scores)
+        merged: dict[str, list[tuple[int, str, float, float]]] = {}
+        for name in self._scores:
+            by_index: dict[int, tuple[int, str, float, float]] = {}
+            for part in parts:
+                for score in part.get(name, []):
+                    by_index.setdefault(score[0], score)
+            merged[name] = [by_index[i] for i in sorted(by_index)]
         return merged
 
     def _log_scores(self, stage: str) -> None:
         """Log the per-image scores averaged over each set as ``<stage>/psnr_y/<set>``."""
         gathered = self._gather_scores()
-        self.scored_images = {name: [s[0] for s in scores] for name, scores in gathered.items()}
+        self.scored_images = {name: [s[1] for s in scores] for name, scores in gathered.items()}
         for name, scores in gathered.items():
             if not scores:
                 continue
-            psnr = sum(s[1] for s in scores) / len(scores)
-            ssim = sum(s[2] for s in scores) / len(scores)
+            psnr = sum(s[2] for s in scores) / len(scores)
+            ssim = sum(s[3] for s in scores) / len(scores)
             bar = stage == "val"
             self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, add_dataloader_idx=False)
             self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)

@@ -187,7 +187,8 @@ def resolve_sets(
 def _whole_image_loaders(
     sets: Mapping[str, list[ImagePair]], rank: int, world: int
 ) -> list[DataLoader]:
-    """Batch-1 loaders; under DDP each rank takes its own images, none repeated."""
+    """Batch-1 loaders; under DDP each rank takes its own images (padded to one length by
+    wrapping; ``SRModule`` drops the repeats by image index)."""
     return [
         DataLoader(
             WholeImages(pairs, name),
@@ -200,6 +201,11 @@ def _whole_image_loaders(
 
 
 def _collate_one(items: list[dict]) -> dict:
-    """Batch of one whole image: lr gets a batch dim; hr and name stay as they are."""
+    """Batch of one whole image: lr gets a batch dim; hr, name and index stay as they are."""
     (item,) = items
-    return {"lr": item["lr"].unsqueeze(0), "hr": item["hr"], "name": item["name"]}
+    return {
+        "lr": item["lr"].unsqueeze(0),
+        "hr": item["hr"],
+        "name": item["name"],
+        "index": item["index"],
+    }

@@ -148,26 +148,36 @@ class StepResumableLoader(DataLoader):
 
 
 class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` of ``n`` items: each item on exactly one rank.
+    """Indices ``rank, rank + world, ...`` of ``n`` items, wrapped round to one length.
 
-    Unlike ``DistributedSampler`` nothing is padded or repeated, so metrics averaged over
-    the gathered per-item scores count every image once.
+    Every rank gets ``ceil(n / world)`` indices, so all ranks run the same number of
+    validation batches whatever the set's size (a rank with none would fail, or leave the
+    others waiting at the epoch-end gather). Items past ``n`` wrap to the start: they are
+    scored twice, and the scores carry the item's index so the duplicates are dropped
+    before averaging (``SRModule``): each item still counts once.
     """
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.rank, self.world_size = n, rank, world_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world_size))
+        return iter(self._indices())
+
+    def _indices(self) -> list[int]:
+        if self.n == 0:
+            return []
+        per_rank = -(-self.n // self.world_size)
+        return [(self.rank + k * self.world_size) % self.n for k in range(per_rank)]
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+        return len(self._indices())
 
 
 class WholeImages(Dataset):
     """Whole images for validation/test (batch size 1).
 
-    Returns ``{"lr": (3, h, w) float32 0..255, "hr": uint8 (H, W, 3) or (H, W), "name": str}``.
+    Returns ``{"lr": (3, h, w) float32 0..255, "hr": uint8 (H, W, 3) or (H, W), "name": str,
+    "index": int}`` (the image's position in the set, which identifies it across ranks).
     """
 
     def __init__(self, pairs: Sequence[ImagePair], set_name: str) -> None:
@@ -181,7 +191,12 @@ class WholeImages(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         p = self.pairs[index]
-        return {"lr": to_tensor_chw(p.lr), "hr": torch.from_numpy(p.hr), "name": p.name}
+        return {
+            "lr": to_tensor_chw(p.lr),
+            "hr": torch.from_numpy(p.hr),
+            "name": p.name,
+            "index": index,
+        }
 
 
 class DevicePatchLoader:
