@@ -52,18 +52,45 @@ def check_config(cfg: DictConfig) -> None:
             )
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+def resolve_resume(cfg: DictConfig, run_dir: Path, announce: bool = True) -> str | None:
     """Checkpoint to resume from: ``ckpt_path`` if given, else the run's ``last.ckpt``
-    when ``resume`` is true and it exists, else None (a fresh start)."""
+    when ``resume`` is true and it exists, else None (a fresh start).
+
+    An unreadable ``last.ckpt`` (torn, truncated, not a checkpoint) is named in a warning
+    and the newest readable checkpoint of the run's folder is used instead, if any (see
+    ``hdsr.ckpt_files.resume_checkpoint``; ``announce``: log those warnings). The chosen
+    file is read weights-only and must hold the config's model, scale and network;
+    otherwise ConfigError names the file and what it holds.
+    """
+    from hdsr.ckpt_files import (
+        UnreadableCheckpoint,
+        check_matches,
+        read_checkpoint,
+        resume_checkpoint,
+    )
+
     if cfg.get("ckpt_path"):
         path = Path(str(cfg.ckpt_path)).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} is a directory, not a checkpoint file")
         if not path.is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-        return str(path.resolve())
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", True) and last.is_file():
-        return str(last)
-    return None
+        try:
+            found = (path, read_checkpoint(path))
+        except UnreadableCheckpoint as err:
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path}: {path} is not a readable checkpoint: {err}"
+            ) from None
+    elif cfg.get("resume", True):
+        found = resume_checkpoint(run_dir / "checkpoints", announce=announce)
+    else:
+        found = None
+    if found is None:
+        return None
+    path, ckpt = found
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    check_matches(ckpt, path, cfg.data.scale, str(cfg.model.name), net)
+    return str(path.resolve()) if cfg.get("ckpt_path") else str(path)
 
 
 def sweep_group(cfg: DictConfig) -> str | None:
@@ -107,10 +134,16 @@ def single_job_argv() -> Iterator[None]:
 
 
 def _plugins() -> list[Any]:
-    """SLURM: Lightning's own requeue is off; GracefulStop saves and requeues instead."""
+    """Checkpoints are written atomically in place (``AtomicCheckpointIO``). SLURM:
+    Lightning's own requeue is off; GracefulStop saves and requeues instead."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    from hdsr.ckpt_files import AtomicCheckpointIO
+
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -136,7 +169,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_resume(cfg, run_dir)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from hdsr.ckpt_files import move_previous_checkpoints, remove_stale_temp_files
+
+    rank_zero = rank_zero_only.rank == 0
+    ckpt_dir = run_dir / "checkpoints"
+    if rank_zero:
+        remove_stale_temp_files(ckpt_dir)
+    ckpt_path = resolve_resume(cfg, run_dir, announce=rank_zero)
+    if ckpt_path is None and rank_zero:  # a fresh start keeps the old checkpoints aside
+        move_previous_checkpoints(ckpt_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -158,13 +201,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model_name=cfg.model.name,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
     loggers = build_loggers(
-        cfg, run_dir, ckpt_path is not None, sweep_group(cfg), rank_zero=rank_zero_only.rank == 0
+        cfg, run_dir, ckpt_path is not None, sweep_group(cfg), rank_zero=rank_zero
     )
     first_set = datamodule.val_set_names[0]
-    ckpt_dir = run_dir / "checkpoints"
     ckpt = ModelCheckpoint(
         dirpath=str(ckpt_dir),
         filename="best",
@@ -205,7 +245,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         with single_job_argv():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights-only: a checkpoint is data, never code to run
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             stop.restore_handlers()
             if stop.exit_code is not None:
                 exit_code = stop.exit_code
