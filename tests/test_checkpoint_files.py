@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 import torch
 
 from conftest import compose
-from test_train_e2e import run
+from test_train_e2e import BIN, run
 
 TINY = (
     "model=ablation/r1_six_conv logger=csv trainer.enable_progress_bar=false "
@@ -375,3 +378,57 @@ def test_hdsr_train_names_a_mismatched_checkpoint_or_a_directory(tmp_path):
     proc = run(f"hdsr-train ckpt_path={tmp_path} {TINY}", tmp_path)
     assert proc.returncode != 0
     assert f"ckpt_path={tmp_path} is a directory, not a checkpoint file" in proc.stderr
+
+
+# -- E: a second Ctrl-C ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_second_ctrl_c_exits_130(tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ["PATH"] = f"{BIN}{os.pathsep}{environ['PATH']}"
+    # steps of about a second, so the second SIGINT lands inside the batch the first one
+    # waits for
+    cmd = (
+        "exec hdsr-train logger=csv trainer.enable_progress_bar=false trainer.max_steps=100000 "
+        "trainer.limit_val_batches=1 data.patches_per_epoch=10000 data.batch_size=4 "
+        "data.patch_size=64 checkpoint.every_n_train_steps=1"
+    )
+    proc = subprocess.Popen(
+        ["bash", "-c", cmd],
+        cwd=tmp_path,
+        env=environ,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+
+    def wait_for(text: str, timeout: float = 120) -> None:
+        end = time.time() + timeout
+        while not any(text in line for line in seen):
+            assert time.time() < end, f"no {text!r} in:\n" + "".join(seen)[-3000:]
+            try:
+                seen.append(lines.get(timeout=0.05))
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)[-3000:]
+
+    try:
+        last = tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
+        end = time.time() + 120
+        while not last.exists():  # training is under way
+            assert proc.poll() is None and time.time() < end
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        wait_for("received SIGINT")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    while not lines.empty():
+        seen.append(lines.get())
+    out = "".join(seen)
+    assert "Detected KeyboardInterrupt" in out, out[-3000:]
+    assert proc.returncode == 130, out[-3000:]

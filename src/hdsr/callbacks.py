@@ -36,7 +36,8 @@ class GracefulStop(L.Callback):
     ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. Under
     SLURM, after a pre-timeout signal (USR1/USR2) and with ``requeue`` on, rank 0 requeues
     the job (``scontrol requeue``); the requeued job resumes from ``ckpt_path``. SIGTERM
-    (e.g. scancel) never requeues. A second Ctrl-C interrupts at once.
+    (e.g. scancel) never requeues. A second Ctrl-C interrupts at once: Lightning turns the
+    KeyboardInterrupt into ``sys.exit(1)``; ``interrupted`` tells the caller to exit 130.
     """
 
     def __init__(self, ckpt_path: str | Path, requeue: bool = True) -> None:
@@ -44,6 +45,7 @@ class GracefulStop(L.Callback):
         self.requeue = requeue
         self.received: int | None = None
         self.saved = False
+        self.interrupted = False
         self._previous: dict[int, Any] = {}
 
     # handlers are installed when training starts, after Lightning registered its own
@@ -58,6 +60,12 @@ class GracefulStop(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore_handlers()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
 
     def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():

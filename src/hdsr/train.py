@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,8 +246,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     exit_code = 1
     try:
         with single_job_argv():
-            # weights-only: a checkpoint is data, never code to run
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            try:  # weights-only: a checkpoint is data, never code to run
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except SystemExit:
+                # Lightning ends a KeyboardInterrupt (a second Ctrl-C) with exit status 1
+                if stop.interrupted:
+                    exit_code = 128 + int(signal.SIGINT)
+                    raise SystemExit(exit_code) from None
+                raise
             stop.restore_handlers()
             if stop.exit_code is not None:
                 exit_code = stop.exit_code
