@@ -43,8 +43,22 @@ def check_config(cfg: DictConfig) -> None:
         )
     for key in ("patch_size", "batch_size", "patches_per_epoch"):
         value = cfg.data.get(key)
-        if value is not None and value < 1:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+    if cfg.data.get("patch_size"):
+        from hdsr.data.datasets import lr_patch_size
+
+        try:
+            lr_patch_size(cfg.data.patch_size, scale)
+        except ValueError:
+            least = min(p for p in range(1, scale + 1) if round(p / scale) >= 1)
+            raise ConfigError(
+                f"data.patch_size={cfg.data.patch_size} (the HR patch) is too small for "
+                f"data.scale={scale}: it must be at least {least} so that the LR patch "
+                "has a pixel"
+            ) from None
     if cfg.data.get("batch_size") and cfg.data.get("patches_per_epoch"):
         if cfg.data.patches_per_epoch < cfg.data.batch_size:
             raise ConfigError(
