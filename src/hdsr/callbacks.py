@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import RichProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ class GracefulStop(L.Callback):
     """On SIGTERM, SIGINT, SIGUSR1 or SIGUSR2: finish the batch, save ``ckpt_path``, stop.
 
     The checkpoint is written at a batch boundary, so a resumed run continues exactly
-    where this one stopped. Every rank stops together (any rank's signal counts). After
+    where this one stopped. Every rank stops together (any rank's signal counts); with
+    several ranks they agree every ``check_every_n_steps`` batches (one all-reduce), so a
+    signal stops the run within that many batches plus one. After
     ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. Under
     SLURM, after a pre-timeout signal (USR1/USR2) and with ``requeue`` on, rank 0 requeues
     the job (``scontrol requeue``); the requeued job resumes from ``ckpt_path``. SIGTERM
@@ -40,9 +43,15 @@ class GracefulStop(L.Callback):
     KeyboardInterrupt into ``sys.exit(1)``; ``interrupted`` tells the caller to exit 130.
     """
 
-    def __init__(self, ckpt_path: str | Path, requeue: bool = True) -> None:
+    def __init__(
+        self, ckpt_path: str | Path, requeue: bool = True, check_every_n_steps: int = 10
+    ) -> None:
+        if int(check_every_n_steps) < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.ckpt_path = str(ckpt_path)
         self.requeue = requeue
+        self.check_every_n_steps = int(check_every_n_steps)
+        self._batches = 0
         self.received: int | None = None
         self.saved = False
         self.interrupted = False
@@ -95,6 +104,12 @@ class GracefulStop(L.Callback):
             self.received = int(signal.SIGTERM)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # One process decides alone, for free. Several ranks must agree, which is a
+        # collective (and a host-device sync): only every check_every_n_steps batches, at
+        # the same batches on every rank (they all count the same batches).
+        self._batches += 1
+        if trainer.world_size > 1 and self._batches % self.check_every_n_steps:
+            return
         self._maybe_stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,3 +140,29 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return img[top : top + size, left : left + size]
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar that reads the logged values (the loss) only on logging steps.
+
+    Lightning's bar turns every progress-bar metric into a Python number after every
+    batch (``.item()``), which makes the host wait for the device once per step. This one
+    advances its count every batch but reads the metrics every ``log_every_n_steps``
+    optimizer steps (the steps the loggers read them anyway) and at the end of an epoch.
+    """
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # resumed mid-epoch
+        self._update(self.train_progress_bar_id, batch_idx + 1)
+        every = max(1, int(trainer.log_every_n_steps or 1))
+        if trainer.global_step % every == 0:
+            self._update_metrics(trainer, pl_module)
+        self.refresh()

@@ -47,6 +47,9 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+    every = OmegaConf.select(cfg, "stop.check_every_n_steps", default=10)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"stop.check_every_n_steps must be a positive integer, got {every!r}")
     if cfg.data.get("patch_size"):
         from hdsr.data.datasets import lr_patch_size
 
@@ -169,9 +172,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from hdsr.callbacks import GracefulStop
+    from hdsr.callbacks import GracefulStop, StepProgressBar
     from hdsr.evaluation import bicubic_scores, final_table
     from hdsr.loggers import (
         build_loggers,
@@ -241,12 +244,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 enable_version_counter=False,
             )
         )
-    stop = GracefulStop(ckpt_dir / "last.ckpt", requeue=cfg.slurm.requeue)
+    stop = GracefulStop(
+        ckpt_dir / "last.ckpt",
+        requeue=cfg.slurm.requeue,
+        check_every_n_steps=OmegaConf.select(cfg, "stop.check_every_n_steps", default=10),
+    )
     callbacks.append(stop)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar())
     trainer = L.Trainer(
         **trainer_kwargs,
         default_root_dir=str(run_dir),
