@@ -124,7 +124,7 @@ def test_ddp_sweep_runs_each_job_once_on_its_ranks(tmp_path):
         assert len(logged) == 1
         # the two ranks scored one image each; the logged mean is over both, once each
         ckpt = torch.load(
-            job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+            job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
         )
         cfg = ckpt["hyper_parameters"]
         assert ckpt["global_step"] == 2 and cfg["scale"] == 2
@@ -154,7 +154,7 @@ EVERY_STEP = "checkpoint.every_n_train_steps=1"
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt["state_dict"], ckpt["global_step"]
 
 
@@ -229,7 +229,7 @@ def test_killed_run_checkpoints_exits_nonzero_and_resumes_exactly(tmp_path, sig)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err[-3000:]
-    stopped_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    stopped_at = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < stopped_at < steps
     resumed = run(cmd, cut_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -265,7 +265,7 @@ def test_slurm_pre_timeout_signal_checkpoints_and_requeues(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
     assert log.read_text().split() == ["requeue", "4242"]
-    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < step < 200
     # the requeued job runs the same command and picks the checkpoint up
     back = run(f"hdsr-train trainer.max_steps={step + 2} {RESUME} {EVERY_STEP}", tmp_path, **env)
@@ -296,7 +296,7 @@ def test_compile_option_trains(tmp_path):
     state = torch.load(
         tmp_path / "runs" / "r1_six_conv_x2_s0" / "checkpoints" / "last.ckpt",
         map_location="cpu",
-        weights_only=False,
+        weights_only=True,
     )["state_dict"]
     assert all(k.startswith("net.") and "_orig_mod" not in k for k in state)
 

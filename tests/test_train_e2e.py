@@ -151,7 +151,7 @@ def test_scale_switches_network_lr_and_metrics(tmp_path, scale):
     psnr, ssim = FIXTURE_BICUBIC[scale]
     assert psnr in bicubic_row and ssim in bicubic_row
     run_dir = tmp_path / "runs" / f"r1_six_conv_x{scale}_s0"
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     upsampler = {k: v.shape for k, v in ckpt["state_dict"].items() if "tail.upsample" in k}
     expected = {3: {"net.tail.upsample.0.weight": (576, 64, 3, 3)}, 4: {}}[scale]
     for key, shape in expected.items():
