@@ -24,14 +24,22 @@ def compose_hydra(overrides):
         return hydra_compose("train", overrides=overrides, return_hydra_config=True)
 
 
+#: the DDP strategy of trainer=ddp, multi_node and ddp_sim (Lightning's DDPStrategy)
+DDP = {
+    "_target_": "lightning.pytorch.strategies.DDPStrategy",
+    "gradient_as_bucket_view": True,
+    "static_graph": True,
+}
+
+
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
         ("cpu", {"accelerator": "cpu", "devices": 1}),
         ("gpu", {"accelerator": "gpu", "devices": 1}),
-        ("ddp", {"accelerator": "gpu", "devices": -1, "strategy": "ddp"}),
-        ("multi_node", {"accelerator": "gpu", "strategy": "ddp", "num_nodes": 2}),
-        ("ddp_sim", {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}),
+        ("ddp", {"accelerator": "gpu", "devices": -1, "strategy": DDP}),
+        ("multi_node", {"accelerator": "gpu", "strategy": DDP, "num_nodes": 2}),
+        ("ddp_sim", {"accelerator": "cpu", "devices": 2, "strategy": DDP}),
     ],
 )
 def test_trainer_options(option, expected):
@@ -154,3 +162,36 @@ def test_slurm_job_id(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert slurm_job_id() == "70_3"
+
+
+# -- GPU trainer settings: cuDNN autotuning, DDP options ----------------------------------
+@pytest.mark.parametrize("option", ["gpu", "ddp", "multi_node"])
+def test_gpu_trainer_configs_turn_on_cudnn_benchmark(option):
+    """Training patches have one fixed shape: cuDNN tunes each conv once (trainer.benchmark)."""
+    assert compose([f"trainer={option}"]).trainer.benchmark is True
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp_sim"])
+def test_cpu_trainer_configs_leave_cudnn_benchmark_alone(option):
+    assert compose([f"trainer={option}"]).trainer.benchmark is None
+
+
+@pytest.mark.parametrize("option", ["ddp", "multi_node", "ddp_sim"])
+def test_ddp_configs_build_one_ddp_strategy(option):
+    """trainer=ddp_sim (the CPU runs in the tests) uses exactly trainer=ddp's DDP options."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from hdsr.backends import trainer_kwargs
+
+    cfg = compose([f"trainer={option}"])
+    assert cfg.trainer.strategy == compose(["trainer=ddp"]).trainer.strategy
+    strategy = trainer_kwargs(cfg.trainer)["strategy"]
+    assert type(strategy) is DDPStrategy
+    assert strategy._ddp_kwargs == {"gradient_as_bucket_view": True, "static_graph": True}
+
+
+def test_ddp_strategy_options_can_be_overridden():
+    cfg = compose(["trainer=ddp", "trainer.strategy.static_graph=false"])
+    assert cfg.trainer.strategy.static_graph is False
+    cfg = compose(["trainer=ddp", "trainer.strategy=ddp_find_unused_parameters_true"])
+    assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"

@@ -7,6 +7,7 @@ MATLAB-bicubic baseline of the same LR images and the published figures beside i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import re
@@ -81,6 +82,17 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def precision_mode(precision: str) -> contextlib.AbstractContextManager:
+    """The numeric mode the models run in: ``precision=32`` is true float32, TF32 off for
+    CUDA matmuls and convolutions (``hdsr.backends.exact_float32``; restored afterwards),
+    so paper-protocol numbers do not depend on the card. "bf16"/"16" autocast as asked."""
+    if str(precision) == "32":
+        from hdsr.backends import exact_float32
+
+        return exact_float32()
+    return contextlib.nullcontext()
 
 
 def evaluate_model(
@@ -347,17 +359,18 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
             baseline[m.scale] = bicubic_per_image(cache[m.scale], m.scale)
         folder = re.sub(r"[^A-Za-z0-9._-]+", "_", m.name).strip("_") or "model"
         image_dir = run_dir / "images" / folder if cfg.save_images else None
-        rows += evaluate_model(
-            m,
-            cache[m.scale],
-            device,
-            str(cfg.precision),
-            bool(cfg.self_ensemble),
-            cfg.tile or None,
-            int(cfg.tile_overlap),
-            baseline[m.scale],
-            image_dir,
-        )
+        with precision_mode(str(cfg.precision)):
+            rows += evaluate_model(
+                m,
+                cache[m.scale],
+                device,
+                str(cfg.precision),
+                bool(cfg.self_ensemble),
+                cfg.tile or None,
+                int(cfg.tile_overlap),
+                baseline[m.scale],
+                image_dir,
+            )
     summary = summarize(rows, set_names)
     paths = write_outputs(run_dir, rows, summary, set_names)
     wandb_dir = log_to_wandb(cfg, run_dir, summary, rows)

@@ -174,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from hdsr.backends import trainer_kwargs as build_trainer_kwargs
     from hdsr.callbacks import GracefulStop, StepProgressBar
     from hdsr.evaluation import bicubic_scores, final_table
     from hdsr.loggers import (
@@ -218,7 +219,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
         model_name=cfg.model.name,
     )
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
+    trainer_kwargs = build_trainer_kwargs(cfg.trainer)
     loggers = build_loggers(
         cfg, run_dir, ckpt_path is not None, sweep_group(cfg), rank_zero=rank_zero
     )

@@ -1,0 +1,176 @@
+"""CUDA backend switches: TF32 while training, exact float32 while evaluating.
+
+On Ampere and later GPUs, TF32 runs float32 matmuls and convolutions on tensor cores with
+a 10-bit mantissa: several times faster, and accurate enough for training, but evaluated
+PSNR then depends on the card (and on whether it has tensor cores). torch's defaults:
+cuDNN convolutions may use TF32 (``torch.backends.cudnn.allow_tf32`` is True), cuBLAS
+matmuls may not (``torch.backends.cuda.matmul.allow_tf32`` is False, float32 matmul
+precision "highest"); Lightning changes neither (it only suggests
+``torch.set_float32_matmul_precision``). So hdsr says what it wants explicitly:
+
+* training on CUDA (``trainer_kwargs``, which ``hdsr-train`` builds its Trainer with):
+  TF32 on for both (:func:`set_cuda_tf32`);
+* ``hdsr-eval precision=32``: TF32 off for both while the models run
+  (:func:`exact_float32`), so paper-protocol numbers are true float32 on any card.
+
+These flags only concern CUDA: nothing here changes a CPU result. Both helpers use the
+``allow_tf32`` attributes (legacy in torch >= 2.9, which also has per-backend
+``fp32_precision`` strings and refuses to *read* the legacy flags once the two APIs have
+been mixed inconsistently); :func:`exact_float32` also pins the new-API strings to
+"ieee" where they exist, and restores every switch it touched on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+#: the per-backend float32 precision strings of torch >= 2.9 ("" is the global one), in
+#: the order they are restored: a leaf that reads "none" inherits its parent's value
+_FP32_PRECISION_SWITCHES = (
+    "",
+    "cudnn",
+    "mkldnn",
+    "cuda.matmul",
+    "cudnn.conv",
+    "cudnn.rnn",
+    "mkldnn.matmul",
+    "mkldnn.conv",
+    "mkldnn.rnn",
+)
+#: the ones :func:`exact_float32` pins to "ieee": cuBLAS matmuls, cuDNN convs and RNNs
+_CUDA_SWITCHES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+
+
+def _backend(path: str) -> Any:
+    obj: Any = torch.backends
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _fp32_precisions() -> dict[str, str]:
+    """The new-API precision string of each switch this torch has ({} before 2.9)."""
+    out = {}
+    for path in _FP32_PRECISION_SWITCHES:
+        obj = _backend(path)
+        try:
+            value = obj.fp32_precision if obj is not None else None
+        except (AttributeError, RuntimeError):
+            value = None
+        if isinstance(value, str):
+            out[path] = value
+    return out
+
+
+def _read(getter) -> Any:
+    """A legacy flag, or None where torch refuses to read it (the APIs were mixed)."""
+    try:
+        return getter()
+    except RuntimeError:
+        return None
+
+
+def tf32_state() -> dict[str, Any]:
+    """The TF32 switches as they stand (for logs and tests): the legacy flags (None where
+    unreadable) and, on torch >= 2.9, the ``fp32_precision`` strings ("" = global)."""
+    return {
+        "cuda.matmul.allow_tf32": _read(lambda: torch.backends.cuda.matmul.allow_tf32),
+        "cudnn.allow_tf32": _read(lambda: torch.backends.cudnn.allow_tf32),
+        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
+        **{f"{k}.fp32_precision".lstrip("."): v for k, v in _fp32_precisions().items()},
+    }
+
+
+def set_cuda_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 in cuBLAS matmuls and cuDNN convolutions, CUDA only.
+
+    Unlike ``torch.set_float32_matmul_precision("high")`` this leaves oneDNN (CPU) matmuls
+    alone, so CPU numbers cannot change.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def restoring_tf32() -> Iterator[None]:
+    """Give every TF32 switch its value back on exit (also when the block raises)."""
+    matmul_precision = _read(torch.get_float32_matmul_precision)
+    matmul_tf32 = _read(lambda: torch.backends.cuda.matmul.allow_tf32)
+    cudnn_tf32 = _read(lambda: torch.backends.cudnn.allow_tf32)
+    precisions = _fp32_precisions()
+    try:
+        yield
+    finally:
+        parents = [p for p in precisions if p in ("", "cudnn", "mkldnn")]
+        for path in parents:
+            _backend(path).fp32_precision = precisions[path]
+        # then the legacy flags (their setters also write leaf strings), then the leaves
+        if matmul_precision is not None and matmul_precision != "highest":
+            torch.set_float32_matmul_precision(matmul_precision)
+        elif matmul_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        if cudnn_tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        for path, value in precisions.items():
+            if path not in parents:
+                _backend(path).fp32_precision = value
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off for CUDA matmuls and convolutions inside the block; restored on exit.
+
+    Inside, ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``
+    read False and the float32 matmul precision reads "highest" (full float32 for oneDNN
+    matmuls too, which is already the CPU default); on torch >= 2.9 the CUDA
+    ``fp32_precision`` strings read "ieee" (pinned explicitly, so a global
+    ``torch.backends.fp32_precision = "tf32"`` set elsewhere cannot leak in). On exit every
+    switch gets its previous value back, even when the block raises.
+    """
+    with restoring_tf32():
+        precisions = _fp32_precisions()
+        torch.set_float32_matmul_precision("highest")  # cuBLAS (and oneDNN) matmuls
+        torch.backends.cudnn.allow_tf32 = False
+        for path in _CUDA_SWITCHES:
+            if path in precisions:
+                _backend(path).fp32_precision = "ieee"
+        yield
+
+
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether a Trainer ``accelerator`` setting will train on CUDA."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda"):
+        return True
+    return name == "auto" and torch.cuda.is_available()
+
+
+def trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
+    """Keyword arguments for ``lightning.Trainer`` from the ``trainer`` config group.
+
+    A ``strategy`` given as a Hydra node with ``_target_`` (``trainer=ddp``:
+    ``lightning.pytorch.strategies.DDPStrategy`` with its DDP options) is instantiated;
+    a string (``auto``, ``ddp``) passes through. When the run will train on CUDA, TF32 is
+    allowed explicitly (:func:`set_cuda_tf32`), whatever torch's defaults are.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    kwargs = (
+        OmegaConf.to_container(trainer_cfg, resolve=True)
+        if isinstance(trainer_cfg, DictConfig)
+        else dict(trainer_cfg)
+    )
+    strategy = kwargs.get("strategy")
+    if isinstance(strategy, dict) and "_target_" in strategy:
+        from hydra.utils import instantiate
+
+        kwargs["strategy"] = instantiate(strategy)
+    if uses_cuda(kwargs.get("accelerator", "auto")):
+        set_cuda_tf32(True)
+    return kwargs

@@ -1,0 +1,139 @@
+"""TF32 switches (hdsr.backends) proved on the CPU, where the flags are plain attributes:
+exact float32 for hdsr-eval precision=32, TF32 for CUDA training, restored afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hdsr.backends import (
+    exact_float32,
+    restoring_tf32,
+    set_cuda_tf32,
+    tf32_state,
+    trainer_kwargs,
+)
+
+
+@pytest.fixture
+def restore_tf32():
+    """Put the process's TF32 switches back as they were, whatever the test did."""
+    saved = tf32_state()
+    with restoring_tf32():
+        yield saved
+    assert tf32_state() == saved
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "default",
+        "high",  # torch.set_float32_matmul_precision("high"), as many scripts do
+        "training",  # set_cuda_tf32(True), as hdsr-train on CUDA
+        "new_api_global_tf32",  # torch >= 2.9: torch.backends.fp32_precision = "tf32"
+    ],
+)
+def test_exact_float32_turns_tf32_off_and_restores_the_previous_state(before, restore_tf32):
+    if before == "high":
+        torch.set_float32_matmul_precision("high")
+    elif before == "training":
+        set_cuda_tf32(True)
+    elif before == "new_api_global_tf32":
+        if not hasattr(torch.backends, "fp32_precision"):
+            pytest.skip("torch < 2.9 has no fp32_precision API")
+        torch.backends.fp32_precision = "tf32"
+    state = tf32_state()
+    with exact_float32():
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"
+        inside = tf32_state()
+        for key in ("cuda.matmul", "cudnn.conv", "cudnn.rnn"):
+            if f"{key}.fp32_precision" in inside:
+                assert inside[f"{key}.fp32_precision"] == "ieee", key
+    assert tf32_state() == state
+    with pytest.raises(KeyError), exact_float32():  # restored when the block raises too
+        raise KeyError("x")
+    assert tf32_state() == state
+
+
+def test_cuda_tf32_for_training_leaves_cpu_matmuls_alone(restore_tf32):
+    mkldnn = tf32_state().get("mkldnn.matmul.fp32_precision")
+    set_cuda_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert tf32_state().get("mkldnn.matmul.fp32_precision") == mkldnn
+
+
+def test_cpu_results_do_not_depend_on_the_tf32_switches(restore_tf32):
+    from hdsr.models import HDSRNet
+
+    torch.manual_seed(0)
+    net = HDSRNet(2, n_feats=8, n_blocks=1, lower_layers=2).eval()
+    x = torch.rand(1, 3, 9, 11) * 255
+    with torch.no_grad():
+        plain = net(x)
+        with exact_float32():
+            exact = net(x)
+        set_cuda_tf32(True)
+        tf32 = net(x)
+    assert torch.equal(plain, exact) and torch.equal(plain, tf32)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda_available", "tf32"),
+    [("gpu", False, True), ("cuda", False, True), ("auto", True, True), ("auto", False, False)]
+    + [("cpu", True, False)],
+)
+def test_trainer_kwargs_allow_tf32_only_when_training_on_cuda(
+    monkeypatch, accelerator, cuda_available, tf32
+):
+    import hdsr.backends
+
+    calls = []
+    monkeypatch.setattr(hdsr.backends, "set_cuda_tf32", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    kwargs = trainer_kwargs({"accelerator": accelerator, "strategy": "auto", "max_steps": 3})
+    assert kwargs == {"accelerator": accelerator, "strategy": "auto", "max_steps": 3}
+    assert calls == ([True] if tf32 else [])
+
+
+@pytest.mark.slow
+def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
+    tmp_path, monkeypatch, restore_tf32
+):
+    """hdsr-eval precision=32: every model runs under exact_float32; bf16 leaves TF32 be."""
+    from hydra import compose, initialize_config_module
+
+    import hdsr.evaluate
+    from datatrees import make_benchmark
+
+    bench = make_benchmark(tmp_path / "bench", "Set5", 2, size=(24, 28))
+    seen = []
+    real = hdsr.evaluate.evaluate_model
+
+    def spy(*args, **kwargs):
+        seen.append(tf32_state())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hdsr.evaluate, "evaluate_model", spy)
+    set_cuda_tf32(True)  # e.g. left on by training in the same process
+    before = tf32_state()
+    for precision in ("32", "bf16"):
+        overrides = [
+            "model=bicubic",
+            "data.scale=2",
+            f"data.benchmark_root={bench}",
+            "data.test_sets=[Set5]",
+            "logger=csv",
+            f"precision={precision}",
+            f"paths.run_dir={tmp_path / precision}",
+        ]
+        with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
+            cfg = compose(config_name="eval", overrides=overrides)
+        hdsr.evaluate.run_eval(cfg)
+        assert tf32_state() == before
+    exact, bf16 = seen
+    assert exact["cuda.matmul.allow_tf32"] is False and exact["cudnn.allow_tf32"] is False
+    assert exact["float32_matmul_precision"] == "highest"
+    assert bf16 == before
