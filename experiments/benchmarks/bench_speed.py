@@ -20,7 +20,17 @@ and against the best ceiling measured before and after the forward cases.
 On CUDA (or with ``--gpu-section`` anywhere, to exercise the code) also: training
 throughput at the paper's recipe (x4, batch 64, HR 128) of bf16-mixed + channels_last
 (+ ``--compile``) against the fp32 NCHW formulation, inference times at the paper's
-Table VI sizes, and the device-resident loader's patches/s.
+Table VI sizes, and the device-resident loader's patches/s. A training step is what
+hdsr-train runs: forward, L1, backward, gradient clipping by value at the recipes'
+``trainer.gradient_clip_val`` and Adam (fused, or the foreach kernel under bf16-mixed
+with clipping, as ``SRModule.configure_optimizers`` picks).
+
+On CUDA, every worker runs with TF32 allowed, as hdsr-train trains there
+(``hdsr.backends.set_cuda_tf32``), so the GEMM and conv ceilings and the timed cases share
+one arithmetic; the exact-float32 ceilings (TF32 off) are reported beside them. Times are
+CUDA events on the chosen device's stream after a synchronisation (``cuda:N`` waits on
+device N, not the default one), and each sample runs the call back to back until it
+spans ``MIN_SAMPLE_S``, so sub-10 ms steps are not lost in launch and timer overhead.
 
     python experiments/benchmarks/bench_speed.py [--quick|--tiny] [--device cuda]
         [--allocator default|hdsr|retain] [--json out.json]
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import platform
 import resource
@@ -60,6 +71,15 @@ PAPER_TABLE_VI_MS = {256: 14.17, 512: 26.11}
 ALLOCATOR = "default"
 
 
+#: gradient clipping by value of the paper recipes (conf/experiment/paper_x*.yaml via
+#: conf/trainer/default.yaml: trainer.gradient_clip_val, gradient_clip_algorithm value)
+GRAD_CLIP = 10.0
+
+#: on CUDA, a timed sample repeats the call back to back until it spans at least this long
+MIN_SAMPLE_S = 0.05
+#: and never more than this many calls
+MAX_CALLS_PER_SAMPLE = 1000
+
 #: the conv ceiling: a 3x3 64->64 conv on a hot 128x128 map; a probe of it in the forward
 #: cases times CEILING_CALLS calls after CEILING_WARMUP untimed ones and keeps the median
 CEILING_SIZE = 128
@@ -73,29 +93,71 @@ def retains_memory(kind: str) -> bool:
     return ALLOCATOR == "retain" or kind == "ceiling" or (ALLOCATOR == "hdsr" and kind == "hdsr")
 
 
+def is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    """Wait for the work queued on ``device`` (``cuda:1`` waits on device 1)."""
+    if is_cuda(device):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def use_device(device: str) -> None:
+    """Make ``device`` the current CUDA device (its stream is the one timed)."""
+    if is_cuda(device) and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))
 
 
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(fn: Callable[[], object], device: str) -> tuple[float, int]:
-    """Seconds and minor page faults of one call of ``fn`` (device work included)."""
+def timed(fn: Callable[[], object], device: str, calls: int = 1) -> tuple[float, int]:
+    """Seconds and minor page faults per call of ``fn`` (device work included), over
+    ``calls`` calls back to back.
+
+    On CUDA: the device is synchronised first (nothing queued before counts), and CUDA
+    events recorded on the device's current stream around the calls give the time.
+    """
+    if is_cuda(device):
+        dev = torch.device(device)
+        sync(device)
+        stream = torch.cuda.current_stream(dev)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        f0 = minor_faults()
+        start.record(stream)
+        for _ in range(calls):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls, (minor_faults() - f0) // calls
     f0 = minor_faults()
     t = time.perf_counter()
-    fn()
+    for _ in range(calls):
+        fn()
     sync(device)
-    return time.perf_counter() - t, minor_faults() - f0
+    return (time.perf_counter() - t) / calls, (minor_faults() - f0) // calls
+
+
+def calls_per_sample(fn: Callable[[], object], device: str) -> int:
+    """Calls per timed sample: 1 on the CPU; on CUDA enough to span ``MIN_SAMPLE_S``
+    (from one timed call of ``fn``, which should be warm)."""
+    if not is_cuda(device):
+        return 1
+    one = max(timed(fn, device)[0], 1e-7)
+    return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_S / one)))
 
 
 def hot_median(fn: Callable[[], object], device: str, warmup: int, calls: int) -> float:
-    """Median seconds of ``calls`` calls of ``fn`` after ``warmup`` untimed ones."""
+    """Median seconds per call over ``calls`` samples of ``fn``, after ``warmup`` untimed
+    calls (and a synchronisation, so the warm-up's queued work is not timed)."""
     for _ in range(warmup):
         fn()
-    return statistics.median(timed(fn, device)[0] for _ in range(calls))
+    sync(device)
+    n = calls_per_sample(fn, device)
+    return statistics.median(timed(fn, device, n)[0] for _ in range(calls))
 
 
 def conv_operands(device: str, memory_format: torch.memory_format) -> tuple[torch.Tensor, ...]:
@@ -129,10 +191,21 @@ def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
 
     ``spec`` keys: kind ('authors' | 'hdsr' | 'ceiling'), mode ('forward' | 'train'),
     scale, batch, size (LR side), state (authors'-layout state_dict), device, precision
-    ('32' | 'bf16'), compile (bool). Inputs come from a fixed seed, so every runner of a
-    case sees the same. Kind 'ceiling' needs only device: it times ``ceiling_runner``.
+    ('32' | 'bf16'), compile (bool), clip (gradient clipping by value, or None), tf32
+    (CUDA only, default True). Inputs come from a fixed seed, so every runner of a case
+    sees the same. Kind 'ceiling' needs only device: it times ``ceiling_runner``.
+
+    A training step's optimizer is the authors' plain Adam, or hdsr's as
+    ``SRModule.configure_optimizers`` builds it: fused, except foreach under bf16 with
+    clipping (Lightning refuses to clip a fused optimizer's gradients under mixed
+    precision).
     """
     device = spec["device"]
+    use_device(device)
+    if is_cuda(device):
+        from hdsr.backends import set_cuda_tf32
+
+        set_cuda_tf32(spec.get("tf32", True))  # as hdsr-train on CUDA
     if spec.get("retain"):
         from hdsr.runtime import retain_host_memory
 
@@ -165,31 +238,44 @@ def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
         return forward
     net.train()
     hr = (torch.rand(b, 3, n * scale, n * scale, generator=g) * 255).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=spec["kind"] == "hdsr")
+    clip = spec.get("clip")
+    kernel: dict[str, bool] = {}
+    if spec["kind"] == "hdsr":
+        mixed = spec.get("precision") == "bf16"
+        kernel = {"foreach": True} if mixed and clip else {"fused": True}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, **kernel)
+    params = [p for p in net.parameters() if p.requires_grad]
 
     def train_step() -> None:
         opt.zero_grad(set_to_none=True)
         with autocast:
             loss = F.l1_loss(model(lr), hr)
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_value_(params, clip)
         opt.step()
 
     return train_step
 
 
 def _serve(conn, spec: dict) -> None:
-    """Worker process: build the runner, then answer 'run' / 'output' / 'stop'."""
+    """Worker process: build the runner, then answer 'run' / 'calibrate' / 'output' /
+    'stop'."""
     try:
         run = make_runner(spec)
         conn.send(("ready", None))
     except Exception:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
         return
+    calls = 1
     while True:
         cmd = conn.recv()
         try:
             if cmd == "run":
-                conn.send(("ok", timed(run, spec["device"])))
+                conn.send(("ok", timed(run, spec["device"], calls)))
+            elif cmd == "calibrate":
+                calls = calls_per_sample(run, spec["device"])
+                conn.send(("ok", calls))
             elif cmd == "output":
                 conn.send(("ok", as_output(run())))
             else:
@@ -206,6 +292,7 @@ class Worker:
     def __init__(self, spec: dict, in_process: bool = False) -> None:
         self.name = spec["label"]
         self.proc = None
+        self.calls = 1
         spec = {**spec, "retain": retains_memory(spec["kind"])}
         if in_process:
             self._run = make_runner(spec)
@@ -224,11 +311,20 @@ class Worker:
         return value
 
     def run(self) -> tuple[float, int]:
-        """Seconds and minor page faults of one call."""
+        """Seconds and minor page faults per call, over one sample of ``calls`` calls."""
         if self.proc is None:
-            return timed(self._run, self._device)
+            return timed(self._run, self._device, self.calls)
         self.conn.send("run")
         return self._recv()
+
+    def calibrate(self) -> int:
+        """Set the calls per sample (``calls_per_sample``; 1 on the CPU); call when warm."""
+        if self.proc is None:
+            self.calls = calls_per_sample(self._run, self._device)
+        else:
+            self.conn.send("calibrate")
+            self.calls = self._recv()
+        return self.calls
 
     def output(self) -> torch.Tensor | None:
         if self.proc is None:
@@ -258,6 +354,8 @@ def interleaved(
     for _ in range(warmup):
         for w in workers:
             w.run()
+    for w in workers:
+        w.calibrate()
     times: list[list[float]] = [[] for _ in workers]
     faults: list[list[int]] = [[] for _ in workers]
     probed: list[float] = []
@@ -304,8 +402,7 @@ def workers(specs: list[dict], in_process: bool):
 # ----------------------------------------------------------------------------- cases
 
 
-def ceilings(device: str) -> dict[str, float]:
-    """fp32 GFLOP/s of a 2048^3 GEMM and of a 3x3 64->64 conv at 128x128 (NCHW, NHWC)."""
+def _ceilings_now(device: str) -> dict[str, float]:
     a = torch.randn(2048, 2048, device=device)
     b = torch.randn(2048, 2048, device=device)
     x, w = conv_operands(device, torch.contiguous_format)
@@ -321,6 +418,26 @@ def ceilings(device: str) -> dict[str, float]:
         "conv3x3_nchw": CEILING_FLOPS / conv / 1e9,
         "conv3x3_channels_last": CEILING_FLOPS / conv_cl / 1e9,
     }
+
+
+def ceilings(device: str) -> dict[str, float]:
+    """fp32 GFLOP/s of a 2048^3 GEMM and of a 3x3 64->64 conv at 128x128 (NCHW, NHWC).
+
+    On CUDA the GEMM and the convs run under one TF32 setting: allowed, as the timed cases
+    run (torch alone would give TF32 convs against a full-fp32 GEMM); the same three
+    with TF32 off follow as ``<name>_fp32``.
+    """
+    if not is_cuda(device):
+        return _ceilings_now(device)
+    from hdsr.backends import exact_float32, restoring_tf32, set_cuda_tf32
+
+    use_device(device)
+    with restoring_tf32():
+        set_cuda_tf32(True)
+        tf32 = _ceilings_now(device)
+    with exact_float32():
+        exact = _ceilings_now(device)
+    return {**tf32, **{f"{k}_fp32": v for k, v in exact.items()}}
 
 
 def authors_state(scale: int) -> dict[str, torch.Tensor]:
@@ -396,9 +513,11 @@ def train_case(
 def gpu_train_throughput(
     device: str, batch: int, hr: int, repeats: int, compile_: bool, in_process: bool
 ) -> list[dict]:
-    """Images/s of x4 training steps: authors fp32 NCHW vs hdsr fp32 / bf16-mixed (+compile)."""
+    """Images/s of x4 training steps: authors fp32 NCHW vs hdsr fp32 / bf16-mixed (+compile),
+    each step with the recipes' gradient clipping (``GRAD_CLIP``) and its Adam kernel."""
     scale = 4
     base = {"mode": "train", "scale": scale, "batch": batch, "size": hr // scale}
+    base["clip"] = GRAD_CLIP
     base["state"] = authors_state(scale)
     specs = [
         {**base, "kind": "authors", "label": "authors fp32 NCHW", "device": device},
@@ -430,7 +549,8 @@ def gpu_train_throughput(
 
 
 def inference_times(device: str, sizes: list[int], repeats: int, in_process: bool) -> list[dict]:
-    """x4 batch-1 forward times: authors fp32, hdsr fp32, hdsr bf16, for each LR size."""
+    """x4 batch-1 forward times: authors fp32, hdsr fp32, hdsr bf16, for each LR size (and on
+    CUDA hdsr fp32 with TF32 off, as hdsr-eval precision=32 runs)."""
     rows = []
     state = authors_state(4)
     for size in sizes:
@@ -440,6 +560,8 @@ def inference_times(device: str, sizes: list[int], repeats: int, in_process: boo
             {**base, "kind": "hdsr", "label": "hdsr fp32", "device": device},
             {**base, "kind": "hdsr", "label": "hdsr bf16", "device": device, "precision": "bf16"},
         ]
+        if is_cuda(device):  # hdsr-eval precision=32: TF32 off
+            specs.append({**specs[1], "label": "hdsr fp32 exact", "tf32": False})
         with workers(specs, in_process) as ws:
             times = interleaved(ws, repeats, 2)
         for w, t in zip(ws, times, strict=True):
@@ -573,10 +695,23 @@ def main() -> None:
         cpu_section(args, dev, reps, inproc, result)
 
     if dev.startswith("cuda") or args.gpu_section or args.gpu_only:
+        if is_cuda(dev):
+            result["timing"] = {"cuda_events": True, "min_sample_s": MIN_SAMPLE_S}
+            result["tf32"] = "allowed in every worker except 'exact' ones (as hdsr-train)"
+            if args.gpu_only:  # else the CPU section measured them
+                ceil = ceilings(dev)
+                result["ceilings"] = {"best": ceil}
+                print(
+                    "ceilings (GFLOP/s; TF32 allowed for both, then *_fp32 with TF32 off): "
+                    + ", ".join(f"{k} {v:,.0f}" for k, v in ceil.items())
+                )
         batch, hr = (4, 32) if args.tiny else (64, 128)
         tp = gpu_train_throughput(dev, batch, hr, reps, args.compile, inproc)
         result["gpu_train"] = tp
-        print(f"\ntraining throughput, x4, batch {batch}, HR {hr} (paper recipe)")
+        print(
+            f"\ntraining throughput, x4, batch {batch}, HR {hr} (paper recipe: clipping by "
+            f"value at {GRAD_CLIP:g}, Adam fused or foreach as hdsr-train picks)"
+        )
         for r in tp:
             print(
                 f"  {r['variant']:<40} {r['ms']:>9.1f} ms {r['images_per_s']:>9.1f} img/s "
@@ -593,7 +728,7 @@ def main() -> None:
             paper = PAPER_TABLE_VI_MS.get(r["hr"]) or PAPER_TABLE_VI_MS.get(r["lr"])
             note = f"  paper {paper} ms" if paper else ""
             print(
-                f"  LR {r['lr']:>4} -> HR {r['hr']:>4}  {r['variant']:<14} {r['ms']:>9.2f} ms{note}"
+                f"  LR {r['lr']:>4} -> HR {r['hr']:>4}  {r['variant']:<15} {r['ms']:>9.2f} ms{note}"
             )
         images, size, n_batches = (2, (64, 96), 3) if args.tiny else (8, (1356, 2040), 50)
         loader = device_loader_rate(dev, batch, hr, images, size, n_batches)
