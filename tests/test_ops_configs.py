@@ -81,7 +81,10 @@ def test_slurm_launcher_configs():
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     assert launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0
     node = compose_hydra(["launcher=slurm_node", "trainer.devices=8"])
-    assert node.hydra.launcher.tasks_per_node == 8 and node.trainer.strategy == "ddp"
+    assert node.hydra.launcher.tasks_per_node == 8
+    strategy = node.trainer.strategy  # trainer=ddp's DDPStrategy and its settings
+    assert strategy._target_.endswith("DDPStrategy") and strategy.static_graph
+    assert node.trainer.accelerator == "gpu" and node.trainer.benchmark
 
 
 def test_run_name_and_job_dirs():
