@@ -296,13 +296,13 @@ def test_official_key_names_and_shapes_equal_the_released_checkpoints(scale):
 
 
 def test_training_works_after_an_inference_mode_pass():
-    """The sub-pixel tail's cached kernel map must not be an inference-mode tensor."""
-    from hdsr.models.hdsrnet import _subpixel_selection
-
-    _subpixel_selection.cache_clear()
+    """The sub-pixel tail's kernel map must not be an inference-mode tensor, even when
+    the network is moved (and the map rebuilt) under inference_mode."""
     net = HDSRNet(3, n_feats=8, n_blocks=1, lower_layers=2)
     with torch.inference_mode():
+        net.to("cpu", torch.float32)
         net(torch.rand(1, 3, 6, 6) * 255)
+    assert not net.tail.subpixel_map.is_inference()
     net(torch.rand(2, 3, 6, 6) * 255).sum().backward()
     assert net.tail.conv.weight.grad is not None
 

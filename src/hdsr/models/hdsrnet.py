@@ -10,14 +10,20 @@ net's output. Images are RGB tensors ``(B, 3, H, W)`` on a 0..255 scale; the out
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdsr.models.layers import ConvReLU, DynamicConv2d, MeanShift, conv3x3
+from hdsr.models.layers import (
+    ConvReLU,
+    DynamicConv2d,
+    MeanShift,
+    conv2d_fp32,
+    conv3x3,
+    full_precision,
+)
 
 SCALES = (2, 3, 4)
 LAYER_KINDS = ("conv", "dilated", "dynamic")
@@ -132,12 +138,13 @@ class Upsampler(nn.Sequential):
         super().__init__(*layers)
 
 
-@functools.lru_cache(maxsize=32)
-def _subpixel_selection(r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def subpixel_selection(
+    r: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """0/1 map ``S[sy, sx, py, px, y, x, ky, kx]``: HR tap (ky, kx) of output sub-pixel
     (sy, sx) reads input sub-pixel (py, px) at LR kernel position (y, x)."""
-    # a normal tensor even when first built under inference_mode: it is cached and later
-    # used in training graphs too
+    # a normal tensor even when built (or moved) under inference_mode: the network that
+    # keeps it may be trained later
     with torch.inference_mode(False):
         sel = torch.zeros(r, r, r, r, 3, 3, 3, 3, dtype=dtype)
         for sy in range(r):
@@ -150,17 +157,23 @@ def _subpixel_selection(r: int, device: torch.device, dtype: torch.dtype) -> tor
         return sel.to(device)
 
 
-def subpixel_conv_weight(weight: torch.Tensor, r: int) -> torch.Tensor:
+def subpixel_conv_weight(
+    weight: torch.Tensor, r: int, sel: torch.Tensor | None = None
+) -> torch.Tensor:
     """The LR-grid kernel equal to a 3x3 conv applied after ``PixelShuffle(r)``.
 
     ``conv(pixel_shuffle(y, r), weight)`` equals ``pixel_shuffle(conv(y, W), r)`` with
     ``W`` of shape ``(C_out * r^2, C_in * r^2, 3, 3)``: HR tap ``(sy + dy, sx + dx)`` of the
     output sub-pixel ``(sy, sx)`` reads LR offset ``floor((s + d) / r)`` and input sub-pixel
     ``(s + d) mod r``. Same padding semantics (zeros), so the results agree to rounding.
-    One einsum with a cached 0/1 map, so it is cheap to redo on every forward pass.
+    One einsum with the 0/1 map ``sel`` (``subpixel_selection(r)``, built here when not
+    given), so it is cheap to redo on every forward pass. Every entry of ``W`` is one
+    entry of ``weight`` or zero, so ``W`` is exact in any dtype.
     """
     c_out, c_in = weight.shape[:2]
-    sel = _subpixel_selection(r, weight.device, weight.dtype)
+    if sel is None:
+        sel = subpixel_selection(r)
+    sel = sel.to(device=weight.device, dtype=weight.dtype)
     w = torch.einsum("oihw,abpqyxhw->oabipqyx", weight, sel)
     return w.reshape(c_out * r * r, c_in * r * r, 3, 3)
 
@@ -172,6 +185,17 @@ class ConstructionBlock(nn.Module):
     shuffle, as the equivalent LR-grid conv (``subpixel_conv_weight``): the same function
     of the same parameters, but one wide conv instead of a 3-output-channel conv on the
     HR grid, which is slow on CPUs. The parameters and their names do not change.
+
+    The final conv (either form) makes the image on the 0..255 scale, so it runs in
+    float32 with autocast off and its input cast up (``conv2d_fp32``): under bfloat16 it
+    would round the output to steps of 0.5-1.0 grey levels. The upsampler's conv, the
+    expensive part, still runs in the autocast dtype.
+
+    The 0/1 map of the sub-pixel form (``subpixel_map``) is built once, here, so a
+    compiled forward does not rebuild it on the host on every call. It is a constant
+    tensor, not a buffer (the state_dict, ``buffers()`` and DDP's buffer broadcast do not
+    see it), that follows the module through ``.to()``/``.cuda()``/``.half()`` (see
+    ``_apply``); 0/1 are exact in every float dtype.
     """
 
     def __init__(
@@ -181,16 +205,46 @@ class ConstructionBlock(nn.Module):
         self.upsample = Upsampler(scale, n_feats)
         self.conv = conv3x3(n_feats, out_channels)
         self.subpixel_tail = subpixel_tail
+        self.subpixel_map = subpixel_selection(self.upsample[-1].upscale_factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _apply(self, fn, recurse: bool = True):
+        # The path of every device/dtype conversion of a module. The map takes the
+        # converted map's device and dtype but is rebuilt, not converted: it is derived,
+        # never state, so even a conversion that drops values (``to_empty``) keeps it exact.
+        super()._apply(fn, recurse)
+        like = fn(self.subpixel_map)
+        r = self.upsample[-1].upscale_factor
+        self.subpixel_map = subpixel_selection(r, like.device, like.dtype)
+        return self
+
+    def forward(self, x: torch.Tensor, then: torch.dtype | None = None) -> torch.Tensor:
+        """``x`` (B, n_feats, h, w) -> the image (B, 3, s*h, s*w) in float32 (or wider).
+
+        ``then``: ``x`` is float32 because it may not fit the working dtype ``then``
+        (float16); the upsampler's first conv reads it in float32 and hands its output
+        on in ``then`` (``HDSRNet.forward`` asks for this under float16).
+        """
+        conv = self.conv
+        layers = list(self.upsample)
+        if then is not None:
+            first = layers.pop(0)
+            x = conv2d_fp32(
+                x, first.weight, first.bias, padding=first.padding, dilation=first.dilation
+            ).to(then)
         if not self.subpixel_tail:
-            return self.conv(self.upsample(x))
-        *body, shuffle = list(self.upsample)
+            for layer in layers:
+                x = layer(x)
+            return conv2d_fp32(
+                x, conv.weight, conv.bias, padding=conv.padding, dilation=conv.dilation
+            )
+        *body, shuffle = layers
         for layer in body:
             x = layer(x)
         r = shuffle.upscale_factor
-        weight = subpixel_conv_weight(self.conv.weight, r)
-        return F.pixel_shuffle(F.conv2d(x, weight, padding=1), r)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with full_precision(x.device.type):
+            weight = subpixel_conv_weight(conv.weight.to(dtype), r, self.subpixel_map)
+        return F.pixel_shuffle(conv2d_fp32(x, weight, padding=1), r)
 
 
 class HDSRNet(nn.Module):
@@ -213,6 +267,9 @@ class HDSRNet(nn.Module):
             the same weights; see ``ConstructionBlock``).
 
     Input ``(B, 3, H, W)``, output ``(B, 3, scale*H, scale*W)``, both on 0..rgb_range.
+    The output is float32 under autocast and with bfloat16/float16 weights too: the
+    layers between the mean shifts run in the low precision, but the mean shifts and the
+    final conv, which make the image on the 0..255 scale, run in float32.
     """
 
     def __init__(
@@ -249,9 +306,22 @@ class HDSRNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.sub_mean(x)
         feats = self.upper(x)
-        if self.lower is not None:
-            feats = feats * self.lower(x)
-        return self.add_mean(self.tail(feats))
+        if self.lower is None:
+            return self.add_mean(self.tail(feats))
+        lower = self.lower(x)
+        if torch.float16 not in (feats.dtype, lower.dtype):
+            return self.add_mean(self.tail(feats * lower))
+        # float16 (16-mixed autocast, or half weights): the product of the two ReLU maps
+        # can leave the float16 range (max 65504). Measured in float32 on skimage photos
+        # (astronaut, chelsea, coffee, rocket) and flat/checkerboard/noise images, the
+        # full-size network at initialisation reaches |upper * lower| = 33.6k, half the
+        # range, with each map only ~240: a 1.4x growth of both maps in training
+        # overflows. So the product is taken in float32, and the upsampler's first conv,
+        # which would cast it straight back to float16, reads it in float32 as well; its
+        # output (7.5k at most there) goes on in float16, and the rest fits with room.
+        # bfloat16 has float32's range, and float32 runs the plain branch above.
+        product = feats.float() * lower.float()
+        return self.add_mean(self.tail(product, then=torch.float16))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

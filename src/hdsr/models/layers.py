@@ -6,6 +6,8 @@ scale (``rgb_range`` 255), as in the authors' EDSR-based code.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,39 @@ class MeanShift(nn.Module):
         self.register_buffer("bias", sign * rgb_range * torch.tensor(mean))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias)
+        # Computed in float32 even under autocast or with bfloat16 buffers: the shift is
+        # added to (or taken from) the image on the 0..255 scale, where bfloat16's steps
+        # are 0.5 to 1.0 (114.44 would be 114.5). The result keeps the input's dtype: a
+        # float32 image stays float32 under autocast; a bfloat16 one (bf16-true) is
+        # rounded once, for the bfloat16 layers that read it.
+        return conv2d_fp32(x, self.weight, self.bias).to(x.dtype)
+
+
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device_type`` (a no-op where autocast does not exist,
+    e.g. the meta device of ``hdsr.profile``'s shape-only runs)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def conv2d_fp32(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs
+) -> torch.Tensor:
+    """``F.conv2d`` in float32 (or wider) whatever autocast or the weights' dtype say.
+
+    Input, weight and bias are cast up to ``promote_types(x.dtype, float32)`` and autocast
+    is off inside, so the result is float32 for float32, bfloat16 and float16 inputs (and
+    float64 for float64). In float32 every cast is a no-op: the same op as before.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with full_precision(x.device.type):
+        return F.conv2d(
+            x.to(dtype),
+            weight.to(dtype),
+            None if bias is None else bias.to(dtype),
+            **kwargs,
+        )
 
 
 class ConvReLU(nn.Module):
