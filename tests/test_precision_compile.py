@@ -1,19 +1,24 @@
 """Low precision and torch.compile: the image is made in float32 under autocast (the
-tail's last conv and the mean shifts), float16 cannot overflow the product of the two
-nets, and the compiled forward neither rebuilds the sub-pixel map nor recompiles more
-than it must."""
+tail's last conv and the mean shifts), validation and test score float32 whatever the
+training precision, float16 cannot overflow the product of the two nets, and the compiled
+forward neither rebuilds the sub-pixel map nor recompiles more than it must."""
 
 from __future__ import annotations
 
+import copy
 import sys
 
+import lightning as L
 import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
 
+from hdsr.data.datamodule import SRDataModule
+from hdsr.data.pairs import make_pair
 from hdsr.models import HDSRNet
 from hdsr.models.layers import DIV2K_RGB_MEAN, MeanShift
+from hdsr.module import SRModule
 
 BF16 = torch.bfloat16
 
@@ -143,6 +148,81 @@ def test_float16_product_beyond_its_range_stays_finite():
     assert float((out - ref).abs().max()) < 2.0
 
 
+# ---------------------------------------------------------------- validation in float32
+
+
+class Photos:
+    """Two crops of skimage photographs as a validation/test source."""
+
+    def load(self, scale: int):
+        crops = [skimage.data.astronaut()[90:138, 170:218], skimage.data.coffee()[60:96, 200:248]]
+        return [make_pair(f"p{i}", c, scale) for i, c in enumerate(crops)]
+
+
+def _score(module: SRModule, precision: str, stage: str = "validate") -> tuple[dict, dict]:
+    dm = SRDataModule(2, Photos(), {"a": Photos()}, test_sets={"t": Photos()}, batch_size=1)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    getattr(trainer, stage)(module, datamodule=dm, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics, copy.deepcopy(module._scores)
+
+
+def _module(**kwargs) -> SRModule:
+    torch.manual_seed(0)
+    net = on_image_scale(tiny_net(), photo_lr(24))
+    return SRModule(net, scale=2, val_set_names=["a"], test_set_names=["t"], **kwargs)
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_bf16_mixed_validation_and_test_score_what_fp32_scores(stage):
+    """Lightning wraps validation_step/test_step in autocast under bf16-mixed; the scores
+    (best.ckpt is chosen on them) are still those of the float32 network, to the bit."""
+    base = _module(channels_last=True)
+    fp32 = _score(copy.deepcopy(base), "32-true", stage)
+    mixed = _score(copy.deepcopy(base), "bf16-mixed", stage)
+    assert fp32[0] and fp32 == mixed
+    # and the network really is at risk there: its bfloat16 output scores differently
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        lr = torch.from_numpy(Photos().load(2)[0].lr).permute(2, 0, 1)[None].float()
+        assert not torch.equal(base.net(lr).float(), base.predict_fp32(lr))
+
+
+def test_bf16_true_validation_scores_the_bf16_weights_in_float32():
+    """Under bf16-true the weights themselves are bfloat16; validation runs them cast up
+    to float32 (activations float32): the scores of the float32 network holding those
+    rounded weights."""
+    base = _module()
+    rounded = copy.deepcopy(base)
+    with torch.no_grad():
+        for t in (*rounded.net.parameters(), *rounded.net.buffers()):
+            t.copy_(t.to(BF16).float())
+    true_bf16 = copy.deepcopy(base)
+    got = _score(true_bf16, "bf16-true")
+    assert next(true_bf16.net.parameters()).dtype == BF16
+    assert got == _score(rounded, "32-true")
+
+
+def test_validation_and_test_never_run_the_compiled_forward():
+    """With runtime.compile the compiled forward is for training only: validation images
+    come in many sizes (recompiles) and are scored by the eager network."""
+    module = _module(compile=True)
+    assert module._forward is not module.net
+
+    def compiled(_lr):
+        raise AssertionError("validation/test called the compiled forward")
+
+    object.__setattr__(module, "_forward", compiled)
+    for stage in ("validate", "test"):
+        metrics, _ = _score(module, "32-true", stage)
+        assert metrics
+
+
 # ---------------------------------------------------------------- torch.compile
 
 
@@ -174,7 +254,8 @@ def test_compiled_forward_graphs_across_modes_and_sizes():
     ``aot_eager`` (Dynamo + AOTAutograd, no code generation) keeps this fast; inductor's
     code for the network is checked in test_models. Inductor in torch 2.13 cannot lower
     the dynamic-shape graph of the grouped dynamic conv (InductorError: cannot determine
-    truth value of Relational), a shape change it would meet on its first recompile.
+    truth value of Relational), a shape change it would meet on its first recompile:
+    one more reason validation and test (images of many sizes) run eagerly.
     """
     from torch._dynamo.backends.debugging import aot_eager
 

@@ -14,6 +14,7 @@ from hdsr.callbacks import center_crop
 from hdsr.evaluation import bicubic_sr
 from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 from hdsr.models.hdsrnet import count_parameters
+from hdsr.models.layers import full_precision
 
 
 def to_uint8_image(sr: torch.Tensor) -> torch.Tensor:
@@ -78,9 +79,36 @@ class SRModule(L.LightningModule):
         object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """The training forward: ``torch.compile``'d with ``compile``, under the trainer's
+        precision (validation and test use ``predict_fp32``)."""
         if self.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         return self._forward(lr)
+
+    def predict_fp32(self, lr: torch.Tensor) -> torch.Tensor:
+        """The SR image of ``lr`` for scoring: the eager ``net``, float32 throughout.
+
+        Whatever the trainer's precision, the checkpoint is chosen on (and tested with)
+        what the weights give in float32: autocast, which Lightning's *-mixed plugins wrap
+        around validation_step and test_step, is off here, and weights held in a lower
+        precision (``bf16-true``, ``16-true``) are cast up to float32 for the pass (the
+        network keeps them; the values are the trained ones, exactly). The compiled
+        forward is never used: validation images come in many sizes and in eval mode,
+        each a recompile, and scoring eagerly keeps the numbers independent of the
+        compiler.
+        """
+        if self.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        with full_precision(lr.device.type):
+            lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
+            low = {
+                name: t.float()
+                for name, t in (*self.net.named_parameters(), *self.net.named_buffers())
+                if t.dtype in (torch.bfloat16, torch.float16)
+            }
+            if not low:
+                return self.net(lr)
+            return torch.func.functional_call(self.net, low, (lr,), strict=False)
 
     def on_fit_start(self) -> None:
         params = count_parameters(self.net)
@@ -102,7 +130,7 @@ class SRModule(L.LightningModule):
     def _score(self, batch: dict, set_name: str) -> np.ndarray:
         """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels."""
         hr = batch["hr"].cpu().numpy()
-        sr = sr_like_hr(to_uint8_image(self(batch["lr"])).numpy(), hr)
+        sr = sr_like_hr(to_uint8_image(self.predict_fp32(batch["lr"])).numpy(), hr)
         name = str(batch.get("name", ""))
         index = int(batch.get("index", len(self._scores[set_name])))
         self._scores[set_name].append(
