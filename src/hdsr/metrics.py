@@ -10,16 +10,24 @@ Protocol (what makes numbers comparable with published tables):
 * SSIM follows Wang et al. 2004: 11x11 Gaussian window (sigma 1.5, normalised),
   K1 = 0.01, K2 = 0.03, L = 255, 'valid' filtering (no padding, like MATLAB
   ``filter2(..., 'valid')``), mean of the SSIM map, all in float64.
+
+A set's score is the mean of its per-image scores. :class:`PSNRY` and :class:`SSIMY` are
+torchmetrics ``Metric`` wrappers of :func:`psnr_y` and :func:`ssim_y` that accumulate the
+per-image scores (with the image's index in its set) and average them after torchmetrics
+has gathered them from every DDP rank, each image counted once.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["psnr_y", "rgb_to_y", "sr_like_hr", "ssim_y"]
+__all__ = ["PSNRY", "SSIMY", "psnr_y", "rgb_to_y", "sr_like_hr", "ssim_y"]
 
 _PEAK = 255.0
 _SSIM_WINDOW = 11
@@ -199,3 +207,176 @@ def sr_like_hr(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
     if hr.ndim == 2 and sr.ndim == 3:
         return np.round(sr.astype(np.float64).mean(axis=2)).astype(np.uint8)
     return sr
+
+
+def _sr_to_uint8(sr: np.ndarray | torch.Tensor, hr: np.ndarray) -> np.ndarray:
+    """The SR image as scored: uint8, channel-last, matched to ``hr`` by :func:`sr_like_hr`.
+
+    A floating torch tensor is the network's output, ``(1, 3, H, W)`` or ``(3, H, W)`` on
+    0..255: it is rounded (half to even), clamped to 0..255 and cast to uint8 on its device
+    (in at least float32), then moved to the host as ``(H, W, 3)``: exactly SRModule's
+    ``to_uint8_image``. Anything else must already be a uint8 image.
+    """
+    if isinstance(sr, torch.Tensor) and sr.is_floating_point():
+        if sr.ndim == 4 and sr.shape[0] == 1:
+            sr = sr[0]
+        if sr.ndim != 3 or sr.shape[0] != 3:
+            raise ValueError(
+                "a floating sr tensor must be (1, 3, H, W) or (3, H, W) on 0..255, "
+                f"got {tuple(sr.shape)}"
+            )
+        sr = sr.detach().to(torch.promote_types(sr.dtype, torch.float32))
+        sr_u8 = sr.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+        return sr_like_hr(sr_u8.numpy(), hr)
+    sr_np = _to_numpy(sr, "sr")
+    if sr_np.dtype != np.uint8:
+        raise ValueError(
+            "sr must be a uint8 image (HxWx3 or HxW) or a floating torch tensor "
+            f"(1, 3, H, W) on 0..255, got a {sr_np.dtype} {type(sr).__name__}"
+        )
+    return sr_like_hr(sr_np, hr)
+
+
+def _image_index(index: int | np.integer | np.ndarray | torch.Tensor) -> int:
+    """``index`` as a Python int in ``0 .. 2**53 - 1`` (exact in the float64 state)."""
+    if isinstance(index, (np.ndarray, torch.Tensor)):
+        if index.ndim > 1 or math.prod(index.shape) != 1:
+            raise ValueError(f"index must be one integer, got shape {tuple(index.shape)}")
+        index = index.reshape(-1)[0]
+        index = index.item() if isinstance(index, torch.Tensor) else index
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index must be an integer, got {type(index).__name__}")
+    if not 0 <= index < 2**53:
+        raise ValueError(f"index must be in 0 .. 2**53 - 1, got {index}")
+    return int(index)
+
+
+class _PerImageYMetric(Metric):
+    """Mean over distinct images of a per-image Y-channel score (see :class:`PSNRY`)."""
+
+    is_differentiable: ClassVar[bool] = False
+    higher_is_better: ClassVar[bool] = True
+    full_state_update: ClassVar[bool] = False
+
+    indices: list[torch.Tensor] | torch.Tensor
+    scores: list[torch.Tensor] | torch.Tensor
+
+    def __init__(self, scale: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
+            raise ValueError(f"scale (the border shaved) must be an int >= 0, got {scale!r}")
+        self.scale = scale
+        # Both states float64 (indices below 2**53 are exact), one entry per update.
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    @staticmethod
+    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
+        raise NotImplementedError
+
+    def update(
+        self,
+        sr: np.ndarray | torch.Tensor,
+        hr: np.ndarray | torch.Tensor,
+        index: int | np.integer | np.ndarray | torch.Tensor,
+    ) -> None:
+        """Score one image and keep its score with its index.
+
+        Args:
+            sr: the SR image, either a uint8 image (numpy or torch, any device) laid out as
+                :func:`psnr_y` takes it, ``(H, W, 3)`` RGB or ``(H, W)`` gray; or the
+                network's raw output, a floating torch tensor ``(1, 3, H, W)`` or
+                ``(3, H, W)`` on 0..255, which is rounded (half to even), clamped and cast
+                to uint8 exactly as ``SRModule`` does (``to_uint8_image``). An RGB SR of a
+                gray ``hr`` is reduced to its rounded channel mean (:func:`sr_like_hr`).
+            hr: the uint8 ground truth, ``(H, W, 3)`` or ``(H, W)``, numpy or torch.
+            index: the image's position in its set (an int, or a one-element integer
+                array or tensor), ``0 <= index < 2**53``. Updates with the same index are
+                one image: :meth:`compute` and :meth:`per_image` keep one of them.
+        """
+        i = _image_index(index)
+        hr_np = _to_numpy(hr, "hr")
+        value = self._score(_sr_to_uint8(sr, hr_np), hr_np, self.scale)
+        self.indices.append(torch.tensor([i], dtype=torch.float64, device=self.device))
+        self.scores.append(torch.tensor([value], dtype=torch.float64, device=self.device))
+
+    def sync(self, *args, **kwargs) -> None:
+        """torchmetrics' ``Metric.sync``, safe on a rank that scored no image.
+
+        torchmetrics gathers an empty list state as an empty tensor of the metric's
+        default dtype (float32), which no gather with the other ranks' float64 tensors
+        survives (gloo aborts on the size mismatch); an empty float64 tensor is put in the
+        empty states first. It holds no score, so the results are unchanged.
+        """
+        for name in ("indices", "scores"):
+            state = getattr(self, name)
+            if isinstance(state, list) and not state:
+                state.append(torch.empty(0, dtype=torch.float64, device=self.device))
+        super().sync(*args, **kwargs)
+
+    def _distinct(self) -> list[tuple[int, float]]:
+        """(index, score) per distinct index, ascending; the first of repeats is kept.
+
+        After a sync the states are the ranks' states concatenated in rank order, so a
+        repeat keeps rank 0's score, as ``SRModule._gather_scores`` does.
+        """
+        if isinstance(self.indices, list) and not self.indices:
+            return []
+        indices = dim_zero_cat(self.indices).tolist()
+        scores = dim_zero_cat(self.scores).tolist()
+        by_index: dict[int, float] = {}
+        for i, s in zip(indices, scores, strict=True):
+            by_index.setdefault(int(i), s)
+        return sorted(by_index.items())
+
+    def compute(self) -> torch.Tensor:
+        """Mean score over the distinct images of every rank, as a float64 scalar tensor.
+
+        The sum runs over the images in ascending index order in Python floats, so the
+        value is bitwise ``sum(scores in index order) / n``, what a single process that
+        scored the whole set gets. NaN when no image was scored; ``inf`` for PSNR when an
+        image is reproduced exactly.
+        """
+        scores = [s for _, s in self._distinct()]
+        mean = sum(scores) / len(scores) if scores else math.nan
+        return torch.tensor(mean, dtype=torch.float64, device=self.device)
+
+    def per_image(self) -> list[tuple[int, float]]:
+        """``[(index, score)]`` over every rank, each image once, in ascending index order.
+
+        Syncs the states across ranks like :meth:`compute` (and restores the local ones
+        afterwards), so in DDP every rank must call it.
+        """
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
+            return self._distinct()
+
+
+class PSNRY(_PerImageYMetric):
+    """PSNR on Y (dB), :func:`psnr_y` per image, averaged over the distinct images.
+
+    Args:
+        scale: the pixels shaved from every border (the scale factor of the protocol).
+        **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``...).
+
+    ``update(sr, hr, index)`` scores one image (see :meth:`_PerImageYMetric.update` for the
+    input contract), ``compute()`` is the set's mean after torchmetrics has gathered the
+    states of every DDP rank (float64, exactly the single-process mean in index order),
+    ``per_image()`` the ``[(index, score)]`` list behind it. Scores are computed on the
+    host in float64; the states live on the metric's device (keep it on the process
+    group's device, e.g. CUDA under NCCL).
+    """
+
+    @staticmethod
+    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
+        return psnr_y(sr, hr, crop_border)
+
+
+class SSIMY(_PerImageYMetric):
+    """SSIM on Y, :func:`ssim_y` per image, averaged over the distinct images.
+
+    Same arguments, input contract and reduction as :class:`PSNRY`.
+    """
+
+    @staticmethod
+    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
+        return ssim_y(sr, hr, crop_border)
