@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hdsr.data import imresize, modcrop
-from hdsr.data.io import write_png
+from hdsr.imaging import write_png
 
 
 def photo(h: int, w: int, seed: int, gray: bool = False) -> np.ndarray:

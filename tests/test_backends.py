@@ -105,18 +105,18 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
     """hdsr-eval precision=32: every model runs under exact_float32; bf16 leaves TF32 be."""
     from hydra import compose, initialize_config_module
 
-    import hdsr.evaluate
+    import hdsr.cli.evaluate
     from datatrees import make_benchmark
 
     bench = make_benchmark(tmp_path / "bench", "Set5", 2, size=(24, 28))
     seen = []
-    real = hdsr.evaluate.evaluate_model
+    real = hdsr.cli.evaluate.evaluate_model
 
     def spy(*args, **kwargs):
         seen.append(tf32_state())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hdsr.evaluate, "evaluate_model", spy)
+    monkeypatch.setattr(hdsr.cli.evaluate, "evaluate_model", spy)
     set_cuda_tf32(True)  # e.g. left on by training in the same process
     before = tf32_state()
     for precision in ("32", "bf16"):
@@ -131,7 +131,7 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
         ]
         with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
             cfg = compose(config_name="eval", overrides=overrides)
-        hdsr.evaluate.run_eval(cfg)
+        hdsr.cli.evaluate.run_eval(cfg)
         assert tf32_state() == before
     exact, bf16 = seen
     assert exact["cuda.matmul.allow_tf32"] is False and exact["cudnn.allow_tf32"] is False

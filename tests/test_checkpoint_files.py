@@ -58,7 +58,7 @@ SAVE_AND_HANG = r"""
 import io, os, sys, time
 import lightning as L
 import torch
-from hdsr.train import _plugins
+from hdsr.cli.train import _plugins
 
 dest, marker = sys.argv[1], sys.argv[2]
 trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -148,7 +148,7 @@ def test_every_strategy_writes_through_the_atomic_checkpoint_io(strategy):
     from omegaconf import OmegaConf
 
     from hdsr.ckpt_files import AtomicCheckpointIO
-    from hdsr.train import _plugins
+    from hdsr.cli.train import _plugins
 
     trainer_cfg = "trainer=cpu" if strategy == "auto" else "trainer=ddp_sim"
     kwargs = OmegaConf.to_container(compose([trainer_cfg]).trainer, resolve=True)
@@ -179,7 +179,7 @@ def test_atomic_checkpoint_io_saves_locally_and_keeps_lightnings_path_for_urls(t
 
 # -- A: an unreadable last.ckpt -------------------------------------------------------------
 def test_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(tmp_path, caplog):
-    from hdsr.train import resolve_resume
+    from hdsr.cli.train import resolve_resume
 
     cfg = compose(["model=ablation/r1_six_conv"])
     folder = tmp_path / "checkpoints"
@@ -300,8 +300,8 @@ def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_resolve_resume_refuses_a_pickle_payload(tmp_path):
+    from hdsr.cli.train import resolve_resume
     from hdsr.loggers import ConfigError
-    from hdsr.train import resolve_resume
 
     path, marker = evil_checkpoint(tmp_path)
     cfg = compose(["model=ablation/r1_six_conv", f"ckpt_path={path}"])
@@ -323,8 +323,8 @@ def test_ckpt_path_with_a_pickle_payload_fails_clearly_and_runs_nothing(tmp_path
 
 # -- D: clear errors for what cannot be resumed -----------------------------------------------
 def test_ckpt_path_directory_is_named(tmp_path):
+    from hdsr.cli.train import resolve_resume
     from hdsr.loggers import ConfigError
-    from hdsr.train import resolve_resume
 
     cfg = compose([f"ckpt_path={tmp_path}"])
     with pytest.raises(ConfigError, match="is a directory, not a checkpoint file"):
@@ -348,8 +348,8 @@ def test_ckpt_path_directory_is_named(tmp_path):
     ],
 )
 def test_checkpoint_of_another_variant_or_scale_is_named(tmp_path, held, asked, expected):
+    from hdsr.cli.train import resolve_resume
     from hdsr.loggers import ConfigError
-    from hdsr.train import resolve_resume
 
     path = tmp_path / "other.ckpt"
     torch.save(fake_checkpoint(*held), path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import ABLATIONS, compose
-from hdsr.cli import UsageError, expand_group_patterns
-from hdsr.train import ConfigError, check_config
+from hdsr.cli.overrides import UsageError, expand_group_patterns
+from hdsr.cli.train import ConfigError, check_config
 
 MODULE = "hdsr.conf"
 
@@ -97,7 +97,7 @@ def test_one_pixel_lr_patches_flip_and_convert():
 
 
 def test_added_overrides_follow_the_users_so_flags_may_come_last():
-    from hdsr.cli import with_overrides
+    from hdsr.cli.overrides import with_overrides
 
     extra = ["hydra.run.dir=."]
     assert with_overrides(["data.scale=3", "--cfg", "job"], extra) == [
@@ -111,7 +111,7 @@ def test_added_overrides_follow_the_users_so_flags_may_come_last():
 
 
 def test_multirun_with_cfg_is_a_usage_error_in_the_users_terms(capsys):
-    from hdsr.cli import check_mode_flags
+    from hdsr.cli.overrides import check_mode_flags
 
     with pytest.raises(UsageError):
         check_mode_flags(["-m", "seed=1,2", "--cfg", "job"])
@@ -121,7 +121,7 @@ def test_multirun_with_cfg_is_a_usage_error_in_the_users_terms(capsys):
 
 
 def test_job_directories_name_only_the_swept_keys():
-    from hdsr.cli import is_sweep, job_dir_overrides
+    from hdsr.cli.overrides import is_sweep, job_dir_overrides
 
     assert is_sweep("1,2") and is_sweep("range(1,3)") and is_sweep("ablation/a,ablation/b")
     assert not is_sweep("[1,2]") and not is_sweep("'a,b'") and not is_sweep("3")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datatrees import make_benchmark
-from hdsr.data.io import write_png
+from hdsr.imaging import write_png
 from test_train_e2e import read_csv, run
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,7 @@ def test_report_builds_table_and_plot(tmp_path):
 def _eval_cfg(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
-    import hdsr.evaluate  # noqa: F401 - registers the run-name resolver
+    import hdsr.cli.evaluate  # noqa: F401 - registers the run-name resolver
 
     with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
         return compose(config_name="eval", overrides=overrides)
@@ -144,7 +144,7 @@ def _eval_cfg(overrides: list[str]):
 
 def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     """Two runs of one variant (same model name) are two rows, each over its own images."""
-    from hdsr.evaluate import run_eval
+    from hdsr.cli.evaluate import run_eval
 
     old = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
     ckpts = []
@@ -171,7 +171,7 @@ def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     assert [r["ssim_y"] for r in both] == [r["ssim_y"] for r in alone]
     # runs in the usual layout are told apart by their run names
     from hdsr.checkpoints import LoadedModel
-    from hdsr.evaluate import distinct_names
+    from hdsr.cli.evaluate import distinct_names
 
     models = [
         LoadedModel(None, 2, "hdsrnet", f"runs/{r}/checkpoints/last.ckpt") for r in ("x", "y")

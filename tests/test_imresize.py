@@ -1,4 +1,4 @@
-"""MATLAB-parity and behaviour tests for hdsr.data.imresize."""
+"""MATLAB-parity and behaviour tests for hdsr.imresize."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from hdsr.data.imresize import imresize, modcrop
+from hdsr.imresize import imresize, modcrop
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())
 IMAGES = sorted(FIXTURE["images"])

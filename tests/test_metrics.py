@@ -14,7 +14,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from hdsr.data.imresize import imresize, modcrop
+from hdsr.data import imresize, modcrop
 from hdsr.metrics import psnr_y, rgb_to_y, ssim_y
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())

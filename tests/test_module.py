@@ -10,9 +10,10 @@ import torch
 from conftest import compose
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.pairs import make_pair
+from hdsr.imaging import to_uint8_image
 from hdsr.metrics import psnr_y
 from hdsr.models import HDSRNet
-from hdsr.module import SRModule, to_uint8_image
+from hdsr.module import SRModule
 
 
 class Images:

@@ -110,9 +110,9 @@ def test_ddp_sweep_runs_each_job_once_on_its_ranks(tmp_path):
     assert jobs == ["r1_six_conv_x2_s0", "r7_upper_only_x2_s0"]
     assert proc.stdout.count("Validation x2") == 2  # one final table per job, from rank 0
     from hdsr.data.demo import DemoImages
+    from hdsr.imaging import to_uint8_image
     from hdsr.metrics import psnr_y, ssim_y
     from hdsr.models import HDSRNet
-    from hdsr.module import to_uint8_image
 
     pairs = DemoImages(["astronaut", "chelsea"]).load(2)
     for job in jobs:

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hdsr.cli.profiling import main
+from hdsr.complexity import build_model, count_macs, profile_model
+from hdsr.imaging import parse_size
 from hdsr.models import HDSRNet
-from hdsr.profile import build_model, count_macs, main, parse_size, profile_model
 
 
 @pytest.mark.parametrize(("scale", "params"), [(2, 1_818_496), (3, 2_003_136), (4, 1_966_208)])

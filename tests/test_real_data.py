@@ -17,7 +17,7 @@ from hdsr.data.cache import ensure_cached, is_valid, source_record
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.datasets import TrainPatches
 from hdsr.data.div2k import DIV2KImages
-from hdsr.data.io import ImageReadError, read_image, write_png
+from hdsr.imaging import ImageReadError, read_image, write_png
 from hdsr.metrics import psnr_y
 
 
@@ -182,7 +182,7 @@ def test_benchmark_generates_lr_when_absent_and_accepts_aliases(tmp_path):
 
 def test_gray_benchmark_image_is_gray_hr_and_three_channel_input(tmp_path):
     from hdsr.data.datasets import WholeImages
-    from hdsr.evaluation import bicubic_scores
+    from hdsr.scoring import bicubic_scores
 
     root = make_benchmark(tmp_path, "Set14", 2, gray=(1,), size=(40, 44))
     pairs = BenchmarkImages(root, "Set14").load(2)

@@ -65,7 +65,7 @@ def test_one_process_checks_every_batch_without_a_collective():
 
 
 def test_bad_check_interval_is_named():
-    from hdsr.train import ConfigError, check_config
+    from hdsr.cli.train import ConfigError, check_config
 
     with pytest.raises(ConfigError, match=r"stop\.check_every_n_steps"):
         check_config(compose(["stop.check_every_n_steps=0"]))
@@ -78,7 +78,7 @@ SYNCING = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu", "numpy")
 def test_training_steps_read_no_tensor_values_between_logging_steps(tmp_path, monkeypatch):
     """hdsr-train's own loop (in process): count the tensor reads that would each wait for a
     GPU, per optimizer step. Only logging steps (every trainer.log_every_n_steps) read."""
-    import hdsr.train as train_mod
+    import hdsr.cli.train as train_mod
 
     counts: collections.Counter = collections.Counter()
     per_step: dict[int, dict[str, int]] = {}

@@ -117,7 +117,7 @@ def test_configs_work_from_a_built_wheel(tmp_path):
     env = {"PYTHONPATH": str(target)}
     code = (
         "import hdsr, sys; assert hdsr.__file__.startswith(sys.argv[1]), hdsr.__file__; "
-        "from hdsr.cli import expand_group_patterns as e; "
+        "from hdsr.cli.overrides import expand_group_patterns as e; "
         "print(e(['-m', 'model=ablation/*'], 'hdsr.conf')[1])"
     )
     proc = run(f'{sys.executable} -c "{code}" {target}', elsewhere, **env)

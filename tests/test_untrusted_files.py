@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hdsr.checkpoints import load_model
-from hdsr.data.io import write_png
+from hdsr.imaging import write_png
 from hdsr.models.registry import UntrustedConfigError, build_network
 
 DATA = Path(__file__).parent / "data"
@@ -59,7 +59,7 @@ def test_pickle_payload_in_a_checkpoint_never_runs(tmp_path):
 
 
 def test_upscale_refuses_a_pickle_payload(tmp_path, capsys):
-    from hdsr.upscale import main
+    from hdsr.cli.upscale import main
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -126,7 +126,7 @@ def test_build_network_equals_instantiate_for_every_packaged_model(model_configs
 
 
 def test_report_builds_only_hdsr_networks_from_a_run_folder(tmp_path, capsys):
-    from hdsr.report import main
+    from hdsr.cli.report import main
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")

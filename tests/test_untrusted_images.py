@@ -13,7 +13,7 @@ from datatrees import make_benchmark, make_div2k
 from hdsr.data import cache
 from hdsr.data.benchmarks import BenchmarkImages
 from hdsr.data.div2k import DIV2KImages
-from hdsr.data.io import ImageReadError, read_image
+from hdsr.imaging import ImageReadError, read_image
 from imagefiles import random_png16
 
 

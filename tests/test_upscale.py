@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from hdsr.checkpoints import load_model
-from hdsr.data.imresize import imresize
-from hdsr.data.io import read_image
+from hdsr.cli.upscale import image_files, load_image, main
+from hdsr.imaging import read_image
+from hdsr.imresize import imresize
 from hdsr.inference import upscale
 from hdsr.models import HDSRNet
-from hdsr.upscale import image_files, load_image, main
 from imagefiles import random_png16
 
 TINY = {

@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from hdsr.complexity import count_macs  # noqa: E402
 from hdsr.models import load_official  # noqa: E402
 from hdsr.models.official import hdsr_to_official_key  # noqa: E402
-from hdsr.profile import count_macs  # noqa: E402
 from official_reference import RefHDSRNet  # noqa: E402
 
 #: the paper's Table VI running times (x4, RTX 3090), milliseconds

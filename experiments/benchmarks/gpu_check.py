@@ -25,7 +25,7 @@ step uses dynamo's "eager" backend, so no C++ toolchain is needed), to test the 
 
     python experiments/benchmarks/gpu_check.py [--steps train,eval] [--cpu-dry-run]
 
-The train and compile steps run ``hdsr.train.train`` in this process (so a Lightning
+The train and compile steps run ``hdsr.cli.train.train`` in this process (so a Lightning
 callback can watch the steps): ``lightning.Trainer`` is swapped for a subclass that adds
 that callback, for the duration of the step only.
 """
@@ -145,7 +145,7 @@ def photo(h: int, w: int, seed: int) -> np.ndarray:
 
 def make_data(root: Path, plan: Plan) -> dict[str, Path]:
     """DIV2K-layout HR images 0001.. (LR made and cached by hdsr) and Set5/Set14 HR trees."""
-    from hdsr.data.io import write_png
+    from hdsr.imaging import write_png
 
     div2k, bench = root / "div2k", root / "benchmark"
     for i in range(1, plan.train_images + 1):
@@ -162,7 +162,7 @@ def make_data(root: Path, plan: Plan) -> dict[str, Path]:
 def compose_train(overrides: list[str]):
     from hydra import compose, initialize_config_module
 
-    import hdsr.train  # noqa: F401 - registers the resolvers
+    import hdsr.cli.train  # noqa: F401 - registers the resolvers
 
     with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -186,7 +186,7 @@ def train_overrides(plan: Plan, data: dict[str, Path], run_dir: Path, steps: int
 
 @contextlib.contextmanager
 def extra_callback(callback) -> Iterator[None]:
-    """``lightning.Trainer`` (as hdsr.train calls it) gets ``callback`` while inside."""
+    """``lightning.Trainer`` (as hdsr.cli.train calls it) gets ``callback`` while inside."""
     import lightning
 
     base = lightning.Trainer
@@ -355,7 +355,7 @@ def run_train(plan: Plan, data: dict[str, Path], work: Path, compile_: bool) -> 
     """hdsr-train in this process with a StepWatch over the steady-state steps."""
     import torch
 
-    from hdsr.train import train
+    from hdsr.cli.train import train
 
     steps = plan.compile_steps if compile_ else plan.steps
     name = "compile" if compile_ else "train"
@@ -434,7 +434,7 @@ def run_validation(plan: Plan, data: dict[str, Path]) -> dict:
 
     from hdsr.data.benchmarks import BenchmarkImages
     from hdsr.data.datasets import WholeImages
-    from hdsr.inference import autocast_context
+    from hdsr.imaging import autocast_context
     from hdsr.models import HDSRNet
     from hdsr.module import SRModule
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hdsr.imaging import autocast_context, resolve_device
 from hdsr.models.layers import DynamicConv2d
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -52,8 +53,6 @@ DEFAULT_OVERLAP = 32
 DEFAULT_TILE = 448
 #: Images with at most this many LR pixels run untiled under :func:`auto_tile`.
 AUTO_TILE_MAX_PIXELS = 512 * 512
-
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def _check_image(x: torch.Tensor, name: str = "lr") -> None:
@@ -337,23 +336,6 @@ def auto_tile(h: int, w: int, max_pixels: int = AUTO_TILE_MAX_PIXELS) -> int | N
     """The tile size for an ``h`` x ``w`` LR image: ``None`` (untiled) for images of at most
     ``max_pixels`` pixels, else :data:`DEFAULT_TILE` (bounds memory for any image size)."""
     return None if h * w <= max_pixels else DEFAULT_TILE
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``precision`` "bf16" or "16" on ``device``; a no-op for "32"."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def upscale(

@@ -11,15 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdsr.callbacks import center_crop
-from hdsr.evaluation import bicubic_sr
+from hdsr.imaging import to_uint8_image
 from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
 from hdsr.models.hdsrnet import count_parameters
 from hdsr.models.layers import full_precision
-
-
-def to_uint8_image(sr: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) float on 0..255 -> uint8 (H, W, 3): rounded and clipped, as evaluated."""
-    return sr[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+from hdsr.scoring import bicubic_sr
 
 
 class SRModule(L.LightningModule):

@@ -3,7 +3,7 @@
 Heavy modules (Lightning) are imported on first use of the names that need them.
 """
 
-from hdsr.data.imresize import imresize, modcrop
+from hdsr.imresize import imresize, modcrop
 
 __all__ = ["SRDataModule", "imresize", "modcrop"]
 

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from hdsr.data.imresize import imresize, modcrop
-from hdsr.data.io import read_image
 from hdsr.data.pairs import ImagePair, check_aligned
+from hdsr.imaging import read_image
+from hdsr.imresize import imresize, modcrop
 
 log = logging.getLogger(__name__)
 

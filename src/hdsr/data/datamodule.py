@@ -18,7 +18,7 @@ from hdsr.data.datasets import (
     WholeImages,
 )
 from hdsr.data.pairs import ImagePair
-from hdsr.models.hdsrnet import check_scale
+from hdsr.imaging import check_scale
 
 
 class PairSource(Protocol):

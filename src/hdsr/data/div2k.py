@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hdsr.data.cache import ensure_cached, is_valid, source_record
-from hdsr.data.imresize import imresize, modcrop
-from hdsr.data.io import read_image
 from hdsr.data.pairs import CachedPair, check_aligned
+from hdsr.imaging import read_image
+from hdsr.imresize import imresize, modcrop
 
 log = logging.getLogger(__name__)
 

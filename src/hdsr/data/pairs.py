@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hdsr.data.cache import open_cached
-from hdsr.data.imresize import imresize, modcrop
+from hdsr.imresize import imresize, modcrop
 
 
 @dataclass(frozen=True)

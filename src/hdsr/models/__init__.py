@@ -1,14 +1,13 @@
 """HDSRNet, its parts and the loader for the authors' released checkpoints."""
 
+from hdsr.imaging import SCALES, check_scale
 from hdsr.models.hdsrnet import (
-    SCALES,
     ConstructionBlock,
     HDSRNet,
     HeterogeneousBlock,
     LowerNet,
     UpperNet,
     Upsampler,
-    check_scale,
     count_parameters,
 )
 from hdsr.models.layers import ConvReLU, DynamicConv2d, MeanShift

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hdsr.data.imresize import imresize
-from hdsr.models.hdsrnet import check_scale
+from hdsr.imaging import check_scale, to_uint8
+from hdsr.imresize import imresize
 
 
 class BicubicUpsampler(nn.Module):
@@ -24,7 +24,7 @@ class BicubicUpsampler(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
         for img in x:
-            u8 = img.detach().round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            u8 = to_uint8(img.detach()).permute(1, 2, 0).cpu().numpy()
             up = imresize(np.ascontiguousarray(u8), self.scale)
             out.append(torch.from_numpy(up).permute(2, 0, 1).to(x.dtype))
         return torch.stack(out).to(x.device)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hdsr.imaging import check_scale
 from hdsr.models.layers import (
     ConvReLU,
     DynamicConv2d,
@@ -25,16 +26,8 @@ from hdsr.models.layers import (
     full_precision,
 )
 
-SCALES = (2, 3, 4)
 LAYER_KINDS = ("conv", "dilated", "dynamic")
 LOWER_KINDS = ("symmetric", "plain", None)
-
-
-def check_scale(scale: int) -> int:
-    """Return ``scale`` if HDSRNet supports it, else raise ``ValueError``."""
-    if isinstance(scale, bool) or scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    return int(scale)
 
 
 def make_layer(kind: str, n_feats: int, temperature: float = 40.0) -> ConvReLU:

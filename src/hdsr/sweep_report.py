@@ -1,17 +1,13 @@
-"""``hdsr-report``: the ablation table and validation curves of a multirun directory.
+"""The ablation table and validation curves of a multirun directory (``hdsr-report``).
 
-Reads each job's resolved config (``.hydra/config.yaml``) and CSV logs
-(``csv/version_*/metrics.csv``), so it works without W&B:
-
-    hdsr-report runs/table1            # writes ablation.md, ablation.csv, val_psnr.png there
+Reads each job's resolved config (``.hydra/config.yaml``, as data: it may only name
+hdsr's networks) and CSV logs (``csv/version_*/metrics.csv``), so it works without W&B.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +63,9 @@ def collect(sweep_dir: Path, macs_input: tuple[int, int]) -> list[dict[str, Any]
     """One record per job: variant, scale, final PSNR/SSIM per set, params, MACs, curves."""
     from omegaconf import OmegaConf
 
+    from hdsr.complexity import count_macs
     from hdsr.models.hdsrnet import count_parameters
     from hdsr.models.registry import build_network
-    from hdsr.profile import count_macs
 
     records = []
     for job in job_dirs(sweep_dir):
@@ -183,41 +179,3 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="hdsr-report", description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. runs/table1")
-    ap.add_argument(
-        "-o", "--out", type=Path, default=None, help="output folder (default: sweep_dir)"
-    )
-    ap.add_argument(
-        "--macs-input",
-        default="256x256",
-        help="LR input size HxW at which MACs are counted (default 256x256)",
-    )
-    args = ap.parse_args(argv)
-    from hdsr.models.registry import UntrustedConfigError
-
-    try:
-        h, w = (int(v) for v in args.macs_input.lower().split("x"))
-    except ValueError:
-        ap.error(f"--macs-input must look like 256x256, got {args.macs_input!r}")
-    if not args.sweep_dir.is_dir():
-        ap.error(f"{args.sweep_dir} is not a directory")
-    out = args.out or args.sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        records = collect(args.sweep_dir, (h, w))
-    except (FileNotFoundError, UntrustedConfigError) as err:
-        print(f"hdsr-report: error: {err}", file=sys.stderr)
-        return 2
-    write_table(records, out, (h, w))
-    plot_curves(records, out / "val_psnr.png")
-    print((out / "ablation.md").read_text())
-    print(f"wrote {out / 'ablation.md'}, {out / 'ablation.csv'}, {out / 'val_psnr.png'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Console entry points: ``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval`` (Hydra apps).
+"""Command-line overrides of the Hydra commands, prepared before Hydra reads them.
 
 Hydra cannot sweep a nested config group as users type it (``-m model=ablation/*``): it
 looks for an option literally named ``ablation/*``. Before Hydra sees the command line,
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 GLOB_CHARS = "*?["
+
+
 #: config groups of the primary config (the left side of group overrides)
 _HYDRA_FLAGS_WITH_VALUE = {
     "-cp",
@@ -123,6 +125,8 @@ def expand_group_patterns(argv: Sequence[str], config_module: str) -> list[str]:
 
 
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")
+
+
 #: keys that run_name (and so each job's directory name) already carries
 RUN_NAME_KEYS = ("model", "data.scale", "seed", "run_name")
 
@@ -193,43 +197,3 @@ def with_overrides(argv: Sequence[str], extra: Sequence[str]) -> list[str]:
     if not positions:  # no override typed: put them before the first flag
         at = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
     return argv[:at] + list(extra) + argv[at:]
-
-
-def train_main() -> None:
-    """Entry point of ``hdsr-train``."""
-    from hdsr.train import CONFIG_MODULE
-
-    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
-    check_mode_flags(argv)
-    sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
-    from hdsr.train import hydra_main
-
-    hydra_main()
-
-
-def prepare_main() -> None:
-    """Entry point of ``hdsr-prepare``: build the data caches for a config, train nothing."""
-    from hdsr.train import CONFIG_MODULE
-
-    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
-    if any(a in ("-m", "--multirun") for a in argv):
-        raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
-    # no run directory and no .hydra/ for a preparation step
-    sys.argv[1:] = with_overrides(
-        argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
-    )
-    from hdsr.train import prepare_hydra_main
-
-    prepare_hydra_main()
-
-
-def eval_main() -> None:
-    """Entry point of ``hdsr-eval``: paper-protocol tables from checkpoints."""
-    from hdsr.evaluate import CONFIG_MODULE
-
-    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
-    check_mode_flags(argv)
-    sys.argv[1:] = argv
-    from hdsr.evaluate import hydra_main
-
-    hydra_main()

@@ -1,12 +1,47 @@
-"""Reading 8-bit images with errors that name the file."""
+"""The leaf every part of hdsr shares: image conversion and I/O, devices, precision, sizes.
+
+It imports nothing else of hdsr, so ``models``, ``data``, the library and the commands can
+all use it without depending on one another.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+
+#: the upscaling factors HDSRNet (and the paper's tables) define
+SCALES = (2, 3, 4)
+
+#: ``precision`` option -> autocast dtype (None: float32, no autocast)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def check_scale(scale: int) -> int:
+    """Return ``scale`` if HDSRNet supports it, else raise ``ValueError``."""
+    if isinstance(scale, bool) or scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return int(scale)
+
+
+# -- images ------------------------------------------------------------------------------
+def to_uint8(img: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Float image(s) on 0..255 -> uint8, rounded half to even and clipped, as evaluated.
+
+    ``inplace`` rounds and clips ``img`` itself (no float copy of a large image)."""
+    if inplace:
+        return img.round_().clamp_(0, 255).to(torch.uint8)
+    return img.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8_image(sr: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) float on 0..255 -> uint8 (H, W, 3) on the CPU (see :func:`to_uint8`)."""
+    return to_uint8(sr[0]).permute(1, 2, 0).cpu()
 
 
 class ImageReadError(ValueError):
@@ -73,3 +108,37 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
         raise ValueError(f"{path}: write_png needs uint8, got {img.dtype}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path)
+
+
+# -- devices and precision -----------------------------------------------------------------
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` "bf16" or "16" on ``device``; a no-op for "32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# -- sizes ---------------------------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256x256"`` (H x W) or ``"256"`` -> ``(256, 256)``; raises
+    ``argparse.ArgumentTypeError`` for anything else, so it serves as an argparse ``type``."""
+    parts = str(text).lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW or N, got {text!r}") from None
+    if len(hw) == 1:
+        hw = (hw[0], hw[0])
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"size must be HxW with positive sides, got {text!r}")
+    return hw  # type: ignore[return-value]

@@ -16,8 +16,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.imaging import SCALES
 from hdsr.loggers import ConfigError
-from hdsr.models.hdsrnet import SCALES
 
 CONFIG_MODULE = "hdsr.conf"
 
@@ -176,7 +176,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from hdsr.backends import trainer_kwargs as build_trainer_kwargs
     from hdsr.callbacks import GracefulStop, StepProgressBar
-    from hdsr.evaluation import bicubic_scores, final_table
     from hdsr.loggers import (
         build_loggers,
         finish_wandb,
@@ -185,6 +184,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wandb_mode,
     )
     from hdsr.module import SRModule
+    from hdsr.results import final_table
+    from hdsr.scoring import bicubic_scores
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

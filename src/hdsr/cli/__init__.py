@@ -1,0 +1,58 @@
+"""Console entry points: ``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval`` (Hydra apps), and
+the modules of the other commands (``upscale``, ``profiling``, ``report``).
+
+Each command module holds its arguments and orchestration only; the work is done by
+the library below (``hdsr.models``, ``hdsr.data``, ``hdsr.module``, ``hdsr.inference``,
+...)."""
+
+from __future__ import annotations
+
+import sys
+
+from hdsr.cli.overrides import (
+    UsageError,
+    check_mode_flags,
+    expand_group_patterns,
+    job_dir_overrides,
+    with_overrides,
+)
+
+
+def train_main() -> None:
+    """Entry point of ``hdsr-train``."""
+    from hdsr.cli.train import CONFIG_MODULE
+
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    check_mode_flags(argv)
+    sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
+    from hdsr.cli.train import hydra_main
+
+    hydra_main()
+
+
+def prepare_main() -> None:
+    """Entry point of ``hdsr-prepare``: build the data caches for a config, train nothing."""
+    from hdsr.cli.train import CONFIG_MODULE
+
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
+    # no run directory and no .hydra/ for a preparation step
+    sys.argv[1:] = with_overrides(
+        argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
+    )
+    from hdsr.cli.train import prepare_hydra_main
+
+    prepare_hydra_main()
+
+
+def eval_main() -> None:
+    """Entry point of ``hdsr-eval``: paper-protocol tables from checkpoints."""
+    from hdsr.cli.evaluate import CONFIG_MODULE
+
+    argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
+    check_mode_flags(argv)
+    sys.argv[1:] = argv
+    from hdsr.cli.evaluate import hydra_main
+
+    hydra_main()

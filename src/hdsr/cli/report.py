@@ -1,0 +1,53 @@
+"""``hdsr-report``: the ablation table and validation curves of a multirun directory.
+
+Reads each job's resolved config (``.hydra/config.yaml``) and CSV logs
+(``csv/version_*/metrics.csv``), so it works without W&B:
+
+    hdsr-report runs/table1            # writes ablation.md, ablation.csv, val_psnr.png there
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hdsr.sweep_report import collect, plot_curves, write_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hdsr-report", description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. runs/table1")
+    ap.add_argument(
+        "-o", "--out", type=Path, default=None, help="output folder (default: sweep_dir)"
+    )
+    ap.add_argument(
+        "--macs-input",
+        default="256x256",
+        help="LR input size HxW at which MACs are counted (default 256x256)",
+    )
+    args = ap.parse_args(argv)
+    from hdsr.models.registry import UntrustedConfigError
+
+    try:
+        h, w = (int(v) for v in args.macs_input.lower().split("x"))
+    except ValueError:
+        ap.error(f"--macs-input must look like 256x256, got {args.macs_input!r}")
+    if not args.sweep_dir.is_dir():
+        ap.error(f"{args.sweep_dir} is not a directory")
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        records = collect(args.sweep_dir, (h, w))
+    except (FileNotFoundError, UntrustedConfigError) as err:
+        print(f"hdsr-report: error: {err}", file=sys.stderr)
+        return 2
+    write_table(records, out, (h, w))
+    plot_curves(records, out / "val_psnr.png")
+    print((out / "ablation.md").read_text())
+    print(f"wrote {out / 'ablation.md'}, {out / 'ablation.csv'}, {out / 'val_psnr.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
