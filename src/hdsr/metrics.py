@@ -27,6 +27,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from hdsr.imaging import to_uint8
+
 __all__ = ["PSNRY", "SSIMY", "psnr_y", "rgb_to_y", "sr_like_hr", "ssim_y"]
 
 _PEAK = 255.0
@@ -226,7 +228,7 @@ def _sr_to_uint8(sr: np.ndarray | torch.Tensor, hr: np.ndarray) -> np.ndarray:
                 f"got {tuple(sr.shape)}"
             )
         sr = sr.detach().to(torch.promote_types(sr.dtype, torch.float32))
-        sr_u8 = sr.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+        sr_u8 = to_uint8(sr).permute(1, 2, 0).cpu()
         return sr_like_hr(sr_u8.numpy(), hr)
     sr_np = _to_numpy(sr, "sr")
     if sr_np.dtype != np.uint8:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hdsr.imaging import parse_size
 from hdsr.sweep_report import collect, plot_curves, write_table
 
 
@@ -23,16 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--macs-input",
+        type=parse_size,
         default="256x256",
         help="LR input size HxW at which MACs are counted (default 256x256)",
     )
     args = ap.parse_args(argv)
     from hdsr.models.registry import UntrustedConfigError
 
-    try:
-        h, w = (int(v) for v in args.macs_input.lower().split("x"))
-    except ValueError:
-        ap.error(f"--macs-input must look like 256x256, got {args.macs_input!r}")
+    h, w = args.macs_input
     if not args.sweep_dir.is_dir():
         ap.error(f"{args.sweep_dir} is not a directory")
     out = args.out or args.sweep_dir
