@@ -6,18 +6,7 @@
 Models are built from the package's Hydra configs (``model=<option>``, ``data.scale=<s>``).
 All sizes are LR *input* sizes (height x width); the output is ``scale`` times larger.
 
-MACs count every convolution as ``out_h * out_w * out_c * in_c * k_h * k_w / groups``,
-including the two 1x1 MeanShift convs and HDSRNet's dynamic convs, which run through
-``F.conv2d`` with per-sample kernels and so are invisible to counters that only hook
-``nn.Conv2d``: each costs a 3x3 C->C conv at its feature size, plus its attention MLP
-(two 1x1 convs on the pooled vector) and the kernel aggregation (``K * C*C*9`` MACs).
-Pixel shuffles, ReLUs, additions, products and pooling count 0. FLOPs = 2 x MACs.
-The construction block's final conv counts as the 3x3 conv at the HR size it is, even
-when it runs as the equivalent (wider) LR-grid conv of ``subpixel_tail``: the count is of
-the architecture, not of one implementation of it.
-
-The paper's "110.99 G FLOPs" for HDSRNet x4 at a 256x256 input is (within 0.3%) this
-count *without* the five dynamic convs (110.76 G MACs); with them it is 122.84 G MACs.
+How MACs are counted, and how they relate to the paper's FLOPs: ``hdsr.complexity``.
 """
 
 from __future__ import annotations
