@@ -1,6 +1,6 @@
 """``hdsr-profile``: parameters, multiply-accumulates and latency of the model variants.
 
-    hdsr-profile --model hdsrnet --model ablation/r1_six_conv --scale 2 3 4 \
+    hdsr-profile --model hdsrnet --model ablation/r1_six_conv --scale 2 3 4 \\
         --input 256x256 --latency-sizes 256x256 512x512 --repeats 10 --warmup 2 --json out.json
 
 Models are built from the package's Hydra configs (``model=<option>``, ``data.scale=<s>``).
