@@ -180,3 +180,31 @@ def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     assert [m.name for m in models] == ["hdsrnet (x)", "hdsrnet (y)"]
     with pytest.raises(ValueError, match="given twice"):
         measured([ckpts[0], ckpts[0]], tmp_path / "twice")
+
+
+#: per_image.csv of hdsr 0.1.0 for the tiny v0.1 checkpoint (see the test below)
+V010_PER_IMAGE = """\
+model,scale,set,image,psnr_y,ssim_y,bicubic_psnr_y,bicubic_ssim_y
+hdsrnet,2,Set5,astronaut,8.278058784021,0.0249316085753801,31.693842683764764,0.9444758284522888
+hdsrnet,2,Set5,chelsea,13.321820655993937,0.09810088728384404,35.215884092546204,0.9146310386225711
+hdsrnet,2,Set14,img_000,15.938523267969147,0.13285076205810809,41.54208122537661,0.9414051023310475
+hdsrnet,2,Set14,img_001,15.318277226906753,0.3450123162382232,36.77925615299291,0.8948244718739593
+"""
+
+
+def test_old_checkpoint_scores_exactly_as_hdsr_0_1_0(tmp_path):
+    """The v0.1 tiny checkpoint on Set5 = astronaut, chelsea and a generated Set14 (one
+    gray image): per_image.csv equal, character for character, to hdsr 0.1.0's."""
+    import skimage.data
+
+    root = tmp_path / "benchmark"
+    for name in ("astronaut", "chelsea"):
+        write_png(root / "Set5" / "HR" / f"{name}.png", np.asarray(getattr(skimage.data, name)()))
+    make_benchmark(root, "Set14", 2, gray=(1,), size=(40, 44))
+    ckpt = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    sets = "'data.test_sets=[Set5,Set14]'"
+    proc = run(f"hdsr-eval ckpt={ckpt} data.benchmark_root={root} {sets} logger=csv", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "eval" / "hdsrnet_tiny_x2_v0.1"
+    with open(out / "per_image.csv", newline="") as f:  # csv writes \r\n line ends
+        assert f.read() == V010_PER_IMAGE.replace("\n", "\r\n")
