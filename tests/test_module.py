@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from conftest import compose
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.pairs import make_pair
 from hdsr.imaging import to_uint8_image
-from hdsr.metrics import psnr_y
+from hdsr.metrics import psnr_y, ssim_y
 from hdsr.models import HDSRNet
 from hdsr.module import SRModule
 
@@ -110,11 +112,53 @@ def test_validation_scores_the_rounded_uint8_output():
     module = SRModule(tiny_net(), scale=2, val_set_names=["s"])
     module.on_validation_epoch_start()
     lr = torch.from_numpy(pair.lr).permute(2, 0, 1).float()[None]
-    batch = {"lr": lr, "hr": torch.from_numpy(pair.hr), "name": pair.name}
+    batch = {"lr": lr, "hr": torch.from_numpy(pair.hr), "name": pair.name, "index": 0}
     with torch.no_grad():
         module.validation_step(batch, 0)
         sr = to_uint8_image(module(lr)).numpy()
     assert sr.dtype == np.uint8 and sr.shape == pair.hr.shape
-    (score,) = module._scores["s"]
-    assert score[:2] == (0, pair.name)
-    assert score[2] == psnr_y(sr, pair.hr, 2)
+    metrics = module.val_metrics[0]
+    assert metrics["psnr_y"].per_image() == [(0, psnr_y(sr, pair.hr, 2))]
+    assert metrics["ssim_y"].per_image() == [(0, ssim_y(sr, pair.hr, 2))]
+
+
+V01_CKPT = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+
+
+def test_metrics_add_no_checkpoint_keys_and_old_checkpoints_load():
+    """The per-set PSNRY/SSIMY are child modules (Lightning moves them) whose states are
+    not persistent: the state_dict is the network's, as in checkpoints of hdsr 0.1."""
+    from hdsr.models.registry import build_network
+
+    ckpt = torch.load(V01_CKPT, weights_only=True)
+    net = build_network(ckpt["hyper_parameters"]["net_config"], str(V01_CKPT), "net_config")
+    module = SRModule(net, scale=2, val_set_names=["a", "b"], test_set_names=["c"])
+    assert len(module.val_metrics) == 2 and len(module.test_metrics) == 1
+    assert list(module.state_dict()) == list(ckpt["state_dict"])
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+
+
+def _run(module: SRModule, stage: str, tmp_path) -> dict:
+    dm = SRDataModule(2, Images(0), {"a": Images(1, n=3)}, test_sets={"a": Images(1, n=3)})
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    getattr(trainer, stage)(module, datamodule=dm, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_test_step_with_default_inference_scores_what_validation_scores(tmp_path):
+    torch.manual_seed(0)
+    module = SRModule(tiny_net(), scale=2, val_set_names=["a"], test_set_names=["a"])
+    val = _run(module, "validate", tmp_path)
+    val_images = module.image_scores
+    test = _run(module, "test", tmp_path)
+    assert val_images["a"] and module.image_scores == val_images
+    assert [s[:2] for s in val_images["a"]] == [(0, "im0"), (1, "im1"), (2, "im2")]
+    assert module.scored_images == {"a": ["im0", "im1", "im2"]}
+    assert {k.replace("test/", "val/"): v for k, v in test.items()} == val
+    assert set(val) == {"val/psnr_y/a", "val/ssim_y/a"}

@@ -170,7 +170,7 @@ def _score(module: SRModule, precision: str, stage: str = "validate") -> tuple[d
     )
     getattr(trainer, stage)(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return metrics, copy.deepcopy(module._scores)
+    return metrics, copy.deepcopy(module.image_scores)
 
 
 def _module(**kwargs) -> SRModule:

@@ -320,7 +320,7 @@ class _PerImageYMetric(Metric):
         """(index, score) per distinct index, ascending; the first of repeats is kept.
 
         After a sync the states are the ranks' states concatenated in rank order, so a
-        repeat keeps rank 0's score, as ``SRModule._gather_scores`` does.
+        repeat keeps the score of the lowest rank that has it.
         """
         if isinstance(self.indices, list) and not self.indices:
             return []

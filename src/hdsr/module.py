@@ -12,14 +12,18 @@ from torch import nn
 
 from hdsr.callbacks import center_crop
 from hdsr.imaging import to_uint8_image
-from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
+from hdsr.metrics import PSNRY, SSIMY, sr_like_hr
 from hdsr.models.hdsrnet import count_parameters
 from hdsr.models.layers import full_precision
 from hdsr.scoring import bicubic_sr
 
 
+def _set_metrics(scale: int) -> nn.ModuleDict:
+    return nn.ModuleDict({"psnr_y": PSNRY(scale), "ssim_y": SSIMY(scale)})
+
+
 class SRModule(L.LightningModule):
-    """Trains ``net`` with L1 loss and Adam; validates with Y-channel PSNR/SSIM.
+    """Trains ``net`` with L1 loss and Adam; validates and tests with Y-channel PSNR/SSIM.
 
     Args:
         net: the SR network, mapping (B, 3, h, w) -> (B, 3, s*h, s*w) on 0..255.
@@ -38,6 +42,11 @@ class SRModule(L.LightningModule):
         net_config: the Hydra config that built ``net`` (``_target_`` and arguments); kept
             in the checkpoint so ``hdsr.checkpoints.load_model`` can rebuild the network.
         model_name: the variant's name (``model.name``), kept in the checkpoint.
+
+    Scores: a :class:`~hdsr.metrics.PSNRY` and an :class:`~hdsr.metrics.SSIMY` per
+    validation and per test set (``val_metrics[k]``, ``test_metrics[k]``), synchronised
+    across DDP ranks by torchmetrics and logged as ``<stage>/psnr_y/<set>`` and
+    ``<stage>/ssim_y/<set>``; their states are not part of the checkpoint.
     """
 
     def __init__(
@@ -63,8 +72,13 @@ class SRModule(L.LightningModule):
         self.scale = scale
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
-        #: per set, (image index, name, PSNR, SSIM) of the images this rank scored
-        self._scores: dict[str, list[tuple[int, str, float, float]]] = {}
+        self.val_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.val_set_names])
+        self.test_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.test_set_names])
+        #: per set, the names of the images this rank scored in the epoch, by index
+        self._names: dict[str, dict[int, str]] = {}
+        #: per set of the last validation/test epoch, (index, name, PSNR, SSIM) of every
+        #: image scored (all ranks, each image once), in index order
+        self.image_scores: dict[str, list[tuple[int, str, float, float]]] = {}
         #: per set, the images the last validation/test epoch scored (all ranks), in order
         self.scored_images: dict[str, list[str]] = {}
         self._crops: list[tuple[str, str, list[np.ndarray]]] = []
@@ -117,31 +131,40 @@ class SRModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._scores = {name: [] for name in self.val_set_names}
+        self._start_scoring(self.val_set_names, self.val_metrics)
         self._crops = []
 
     def on_test_epoch_start(self) -> None:
-        self._scores = {name: [] for name in self.test_set_names}
+        self._start_scoring(self.test_set_names, self.test_metrics)
 
-    def _score(self, batch: dict, set_name: str) -> np.ndarray:
-        """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels."""
+    def _start_scoring(self, set_names: Sequence[str], metrics: nn.ModuleList) -> None:
+        for m in metrics:
+            m["psnr_y"].reset()
+            m["ssim_y"].reset()
+        self._names = {name: {} for name in set_names}
+
+    def _score(self, batch: dict, set_name: str, metrics: nn.ModuleDict, sr: torch.Tensor):
+        """Paper protocol on one whole image: uint8 SR, Y channel, shave ``scale`` pixels;
+        the set's metrics keep the scores under the image's index. Returns the uint8 SR
+        image (gray when the HR is) and the index."""
         hr = batch["hr"].cpu().numpy()
-        sr = sr_like_hr(to_uint8_image(self.predict_fp32(batch["lr"])).numpy(), hr)
-        name = str(batch.get("name", ""))
-        index = int(batch.get("index", len(self._scores[set_name])))
-        self._scores[set_name].append(
-            (index, name, psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale))
-        )
-        return sr
+        sr_u8 = sr_like_hr(to_uint8_image(sr).numpy(), hr)
+        index = int(batch["index"])
+        metrics["psnr_y"].update(sr_u8, hr, index)
+        metrics["ssim_y"].update(sr_u8, hr, index)
+        self._names.setdefault(set_name, {})[index] = str(batch.get("name", ""))
+        return sr_u8, index
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.val_set_names[dataloader_idx]
-        sr = self._score(batch, name)
+        metrics = self.val_metrics[dataloader_idx]
+        sr, _ = self._score(batch, name, metrics, self.predict_fp32(batch["lr"]))
         if batch_idx < self.hparams.log_images and self._image_loggers():
             self._keep_crops(name, batch, sr)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._score(batch, self.test_set_names[dataloader_idx])
+        name = self.test_set_names[dataloader_idx]
+        self._score(batch, name, self.test_metrics[dataloader_idx], self.predict_fp32(batch["lr"]))
 
     def _image_loggers(self) -> list:
         return [lg for lg in self.loggers if hasattr(lg, "log_image")]
@@ -155,40 +178,50 @@ class SRModule(L.LightningModule):
         crops = [center_crop(x, size) for x in (sr, bicubic, hr)]
         self._crops.append((set_name, str(batch.get("name", "")), crops))
 
-    def _gather_scores(self) -> dict[str, list[tuple[int, str, float, float]]]:
-        """Every rank's per-image scores, each image once, in the set's order.
+    def _image_names(self, stage: str, k: int, set_name: str) -> dict[int, str]:
+        """Index -> name of the images of set ``k``: from its loader's dataset when it
+        holds the pairs (``WholeImages``: every rank has the whole set), else the names
+        this rank saw."""
+        names = dict(self._names.get(set_name, {}))
+        trainer = self._trainer
+        loaders = None
+        if trainer is not None:
+            loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        if loaders is not None and not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
+        pairs = getattr(getattr(loaders[k], "dataset", None), "pairs", None) if loaders else None
+        if pairs is not None:
+            names.update((i, str(p.name)) for i, p in enumerate(pairs))
+        return names
 
-        Ranks pad their shards by wrapping (``ShardSampler``), so an image may have been
-        scored on two ranks: the repeats (same index, same weights, same score) go.
+    def _log_scores(self, stage: str, set_names: Sequence[str], metrics: nn.ModuleList) -> None:
+        """Log each set's mean scores over its distinct images (``PSNRY``/``SSIMY``,
+        gathered from every rank) as ``<stage>/psnr_y/<set>`` and ``<stage>/ssim_y/<set>``;
+        keep the per-image scores in ``image_scores`` and the names in ``scored_images``.
+
+        Every rank runs this (the metrics synchronise), and logs the same values.
         """
-        parts = [self._scores]
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            parts = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, self._scores)
-        merged: dict[str, list[tuple[int, str, float, float]]] = {}
-        for name in self._scores:
-            by_index: dict[int, tuple[int, str, float, float]] = {}
-            for part in parts:
-                for score in part.get(name, []):
-                    by_index.setdefault(score[0], score)
-            merged[name] = [by_index[i] for i in sorted(by_index)]
-        return merged
-
-    def _log_scores(self, stage: str) -> None:
-        """Log the per-image scores averaged over each set as ``<stage>/psnr_y/<set>``."""
-        gathered = self._gather_scores()
-        self.scored_images = {name: [s[1] for s in scores] for name, scores in gathered.items()}
-        for name, scores in gathered.items():
-            if not scores:
+        self.image_scores, self.scored_images = {}, {}
+        for k, (name, m) in enumerate(zip(set_names, metrics, strict=True)):
+            per_psnr, per_ssim = m["psnr_y"].per_image(), m["ssim_y"].per_image()
+            names = self._image_names(stage, k, name)
+            self.image_scores[name] = [
+                (i, names.get(i, ""), p, s)
+                for (i, p), (_, s) in zip(per_psnr, per_ssim, strict=True)
+            ]
+            self.scored_images[name] = [s[1] for s in self.image_scores[name]]
+            if not per_psnr:  # no image scored on any rank
                 continue
-            psnr = sum(s[2] for s in scores) / len(scores)
-            ssim = sum(s[3] for s in scores) / len(scores)
+            psnr, ssim = float(m["psnr_y"].compute()), float(m["ssim_y"].compute())
             bar = stage == "val"
             self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, add_dataloader_idx=False)
             self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)
+        for m in metrics:
+            m["psnr_y"].reset()
+            m["ssim_y"].reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
+        self._log_scores("val", self.val_set_names, self.val_metrics)
         if self._crops and not self.trainer.sanity_checking:
             for logger in self._image_loggers():
                 for set_name, image, crops in self._crops:
@@ -201,7 +234,7 @@ class SRModule(L.LightningModule):
         self._crops = []
 
     def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
+        self._log_scores("test", self.test_set_names, self.test_metrics)
 
     def configure_optimizers(self):
         hp = self.hparams
