@@ -136,6 +136,9 @@ def test_metrics_add_no_checkpoint_keys_and_old_checkpoints_load():
     assert len(module.val_metrics) == 2 and len(module.test_metrics) == 1
     assert list(module.state_dict()) == list(ckpt["state_dict"])
     module.load_state_dict(ckpt["state_dict"], strict=True)
+    # the test step's inference options and image folder are not saved with the weights
+    module = SRModule(net, scale=2, inference={"tile": 8}, image_dir="x")
+    assert not {"inference", "image_dir"} & set(module.hparams)
 
 
 def _run(module: SRModule, stage: str, tmp_path) -> dict:
@@ -162,3 +165,33 @@ def test_test_step_with_default_inference_scores_what_validation_scores(tmp_path
     assert module.scored_images == {"a": ["im0", "im1", "im2"]}
     assert {k.replace("test/", "val/"): v for k, v in test.items()} == val
     assert set(val) == {"val/psnr_y/a", "val/ssim_y/a"}
+
+
+def test_test_step_runs_upscale_with_the_inference_options_and_writes_images(tmp_path):
+    """self_ensemble, tile, overlap and precision are those of hdsr.inference.upscale
+    (hdsr-upscale's function); each SR image is written as <set>/<name>_x<s>.png."""
+    from hdsr.imaging import read_image
+    from hdsr.inference import upscale
+    from hdsr.metrics import sr_like_hr
+
+    torch.manual_seed(0)
+    net = tiny_net().eval()
+    opts = {"tile": 4, "tile_overlap": 2, "self_ensemble": True, "precision": "bf16"}
+    module = SRModule(
+        net, scale=2, test_set_names=["a"], inference=opts, image_dir=tmp_path / "img"
+    )
+    _run(module, "test", tmp_path)
+    pairs = Images(1, n=3).load(2)
+    for k, ((index, name, psnr, _), pair) in enumerate(
+        zip(module.image_scores["a"], pairs, strict=True)
+    ):
+        assert index == k
+        lr = torch.from_numpy(pair.lr).permute(2, 0, 1).float()[None]
+        sr = upscale(net, lr, 2, tile=4, overlap=2, self_ensemble=True, precision="bf16")
+        sr = sr_like_hr(to_uint8_image(sr).numpy(), pair.hr)
+        assert (name, psnr) == (pair.name, psnr_y(sr, pair.hr, 2))
+        assert np.array_equal(read_image(tmp_path / "img" / "a" / f"{name}_x2.png"), sr)
+    with pytest.raises(ValueError, match="unknown inference options"):
+        SRModule(net, scale=2, inference={"tiles": 4})
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SRModule(net, scale=2, inference={"precision": "fp8"})

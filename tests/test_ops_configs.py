@@ -131,6 +131,10 @@ def test_shard_sampler_gives_every_rank_one_length_and_covers_each_item(n, world
     assert all(len(s) == per_rank for s in shards)  # no rank idles at the gather
     assert set(sum(shards, [])) == set(range(n))
     assert shards[0] == list(range(0, n, world))[:per_rank]  # rank 0 as before
+    for i in range(n):  # the owner holds it before the wrap; repeats are on higher ranks
+        holders = [r for r, shard in enumerate(shards) if i in shard]
+        owner = ShardSampler.owner(i, world)
+        assert holders[0] == owner and shards[owner][i // world] == i
 
 
 # -- runtime switches give the same numbers --------------------------------------------

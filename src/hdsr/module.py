@@ -1,8 +1,10 @@
-"""LightningModule: L1 training of an SR network and paper-protocol validation."""
+"""LightningModule: L1 training of an SR network, paper-protocol validation and test."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -11,11 +13,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdsr.callbacks import center_crop
-from hdsr.imaging import to_uint8_image
+from hdsr.data.datasets import ShardSampler
+from hdsr.imaging import PRECISIONS, to_uint8_image, write_png
+from hdsr.inference import DEFAULT_OVERLAP, upscale
 from hdsr.metrics import PSNRY, SSIMY, sr_like_hr
 from hdsr.models.hdsrnet import count_parameters
 from hdsr.models.layers import full_precision
 from hdsr.scoring import bicubic_sr
+
+#: the test step's inference options (hdsr-eval's), with their defaults: one float32 pass
+#: over the whole image, which scores what validation scores
+INFERENCE_DEFAULTS: dict[str, Any] = {
+    "tile": None,
+    "tile_overlap": DEFAULT_OVERLAP,
+    "self_ensemble": False,
+    "precision": "32",
+}
+
+
+class ScoringNet(nn.Module):
+    """``net`` as it is scored: float32 activations, channels_last input when the
+    network is held channels_last, and weights held in bfloat16/float16 (``bf16-true``,
+    ``16-true``) cast up to float32 for the pass (the network keeps them).
+
+    A module holding ``net``, so ``hdsr.inference.upscale`` finds its dynamic convs for
+    tiled inference. Autocast is left as the caller has it.
+    """
+
+    def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
+        low = {
+            name: t.float()
+            for name, t in (*self.net.named_parameters(), *self.net.named_buffers())
+            if t.dtype in (torch.bfloat16, torch.float16)
+        }
+        if not low:
+            return self.net(lr)
+        return torch.func.functional_call(self.net, low, (lr,), strict=False)
+
+
+def _inference_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` over :data:`INFERENCE_DEFAULTS`; unknown keys and precisions refused."""
+    opts = {**INFERENCE_DEFAULTS, **dict(options or {})}
+    unknown = sorted(set(opts) - set(INFERENCE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown inference options {unknown}; known: {list(INFERENCE_DEFAULTS)}")
+    opts["precision"] = str(opts["precision"])
+    if opts["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {opts['precision']!r}")
+    return opts
 
 
 def _set_metrics(scale: int) -> nn.ModuleDict:
@@ -47,6 +100,17 @@ class SRModule(L.LightningModule):
     validation and per test set (``val_metrics[k]``, ``test_metrics[k]``), synchronised
     across DDP ranks by torchmetrics and logged as ``<stage>/psnr_y/<set>`` and
     ``<stage>/ssim_y/<set>``; their states are not part of the checkpoint.
+
+    Validation scores :meth:`predict_fp32`'s image; the test step scores :meth:`predict`'s,
+    ``hdsr.inference.upscale`` with the options below (``hdsr-eval``'s), neither of them
+    saved in checkpoints:
+
+    * ``inference``: ``tile`` (LR tile side, or None for whole images), ``tile_overlap``,
+      ``self_ensemble`` and ``precision`` ("32", "bf16" or "16" autocast), as ``upscale``
+      takes them; missing ones are :data:`INFERENCE_DEFAULTS`, with which the test step
+      scores what validation scores, to the bit.
+    * ``image_dir``: where the test step writes each SR image (uint8, as scored), as
+      ``<image_dir>/<set>/<name>_x<scale>.png``; None writes nothing.
     """
 
     def __init__(
@@ -65,13 +129,17 @@ class SRModule(L.LightningModule):
         log_images: int = 2,
         net_config: dict | None = None,
         model_name: str | None = None,
+        inference: Mapping[str, Any] | None = None,
+        image_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "inference", "image_dir"])
         self.net = net
         self.scale = scale
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
+        self.inference = _inference_options(inference)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
         self.val_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.val_set_names])
         self.test_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.test_set_names])
         #: per set, the names of the images this rank scored in the epoch, by index
@@ -107,18 +175,29 @@ class SRModule(L.LightningModule):
         each a recompile, and scoring eagerly keeps the numbers independent of the
         compiler.
         """
-        if self.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
         with full_precision(lr.device.type):
-            lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
-            low = {
-                name: t.float()
-                for name, t in (*self.net.named_parameters(), *self.net.named_buffers())
-                if t.dtype in (torch.bfloat16, torch.float16)
-            }
-            if not low:
-                return self.net(lr)
-            return torch.func.functional_call(self.net, low, (lr,), strict=False)
+            return ScoringNet(self.net, self.channels_last)(lr)
+
+    def predict(self, lr: torch.Tensor) -> torch.Tensor:
+        """The SR image of ``lr`` as the test step makes it: ``hdsr.inference.upscale``
+        (what ``hdsr-upscale`` runs) with the module's ``inference`` options, on
+        :class:`ScoringNet` (float32 weights; autocast only as ``precision`` asks, not
+        as the trainer's precision plugin does). With the default options it is
+        :meth:`predict_fp32`'s image, to the bit. float32 ``(1, 3, sH, sW)`` on ``lr``'s
+        device.
+        """
+        opts = self.inference
+        with full_precision(lr.device.type):
+            return upscale(
+                ScoringNet(self.net, self.channels_last),
+                lr,
+                self.scale,
+                tile=opts["tile"],
+                overlap=opts["tile_overlap"],
+                self_ensemble=opts["self_ensemble"],
+                device=lr.device,
+                precision=opts["precision"],
+            )
 
     def on_fit_start(self) -> None:
         params = count_parameters(self.net)
@@ -164,7 +243,19 @@ class SRModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.test_set_names[dataloader_idx]
-        self._score(batch, name, self.test_metrics[dataloader_idx], self.predict_fp32(batch["lr"]))
+        metrics = self.test_metrics[dataloader_idx]
+        sr, index = self._score(batch, name, metrics, self.predict(batch["lr"]))
+        if self.image_dir is not None and self._first_to_score(index):
+            write_png(self.image_dir / name / f"{batch['name']}_x{self.scale}.png", sr)
+
+    def _first_to_score(self, index: int) -> bool:
+        """Whether this rank holds ``index`` in its own shard (``ShardSampler``), not as a
+        repeat padded in by wrapping: each image is written once, by the rank whose score
+        is kept (the lowest that scored it)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return True
+        return ShardSampler.owner(index, trainer.world_size) == trainer.global_rank
 
     def _image_loggers(self) -> list:
         return [lg for lg in self.loggers if hasattr(lg, "log_image")]

@@ -172,6 +172,12 @@ class ShardSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self._indices())
 
+    @staticmethod
+    def owner(index: int, world_size: int) -> int:
+        """The rank whose shard holds ``index`` before the wrap (``index % world_size``);
+        a rank that gets it again gets a repeat, and is always a higher rank."""
+        return index % world_size
+
 
 class WholeImages(Dataset):
     """Whole images for validation/test (batch size 1).
