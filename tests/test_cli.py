@@ -127,11 +127,35 @@ def test_job_directories_name_only_the_swept_keys():
     assert not is_sweep("[1,2]") and not is_sweep("'a,b'") and not is_sweep("3")
     assert job_dir_overrides(["model=hdsrnet"]) == []  # single run: run_name only
     extra, run_dir = job_dir_overrides(
-        ["-m", "model=a,b", "optim.lr=1e-4,2e-4", "data.batch_size=2"]
+        ["-m", "model=a,b", "optimizer.lr=1e-4,2e-4", "optimizer=adamw", "data.batch_size=2"]
     )
     assert run_dir == "hydra.run.dir=${hydra.sweep.dir}/${hydra.sweep.subdir}"
     key, value = extra.split("=", 1)
     assert key == "hydra.job.config.override_dirname.exclude_keys"
     excluded = value.strip("[]").split(",")
-    assert "data.batch_size" in excluded and "model" in excluded
-    assert "optim.lr" not in excluded
+    assert "data.batch_size" in excluded and "model" in excluded and "optimizer" in excluded
+    assert "optimizer.lr" not in excluded  # jobs: hdsrnet_x2_s0,optimizer.lr=0.0001, ...=0.0002
+
+
+@pytest.mark.parametrize(
+    ("typed", "instead"),
+    [
+        ("optim.lr=2e-4", "optimizer.lr=2e-4"),
+        ("optim.eps=1e-6", "optimizer.eps=1e-6"),
+        ("optim.lr_step=200000", "scheduler.step_size=200000"),
+        ("+optim.lr_gamma=0.1", "scheduler.gamma=0.1"),
+    ],
+)
+def test_old_optim_keys_say_what_replaced_them(typed, instead, capsys):
+    from hdsr.cli.overrides import check_renamed_keys
+
+    with pytest.raises(UsageError) as err:
+        check_renamed_keys(["-m", "seed=1,2", typed])
+    assert err.value.code == 2
+    assert f"write {instead} " in capsys.readouterr().err
+    check_renamed_keys(["optimizer.lr=2e-4", "scheduler=released", "data.scale=3"])
+
+
+def test_an_optim_block_in_a_config_file_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"'optim\.lr' is no longer a key.*write optimizer\.lr"):
+        check_config(compose(["+optim.lr=1e-4"]))

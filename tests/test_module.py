@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -35,7 +36,7 @@ def tiny_net(scale: int = 2) -> HDSRNet:
 
 
 def test_optimizer_follows_the_recipe():
-    module = SRModule(tiny_net(), scale=2, lr_step=300_000)
+    module = SRModule(tiny_net(), scale=2)  # the defaults: the paper's Adam and StepLR
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]
     assert isinstance(opt, torch.optim.Adam)
@@ -64,7 +65,7 @@ def test_trainer_config_clips_gradients_by_value_10():
     cfg = compose([])
     assert cfg.trainer.gradient_clip_val == 10
     assert cfg.trainer.gradient_clip_algorithm == "value"
-    assert cfg.optim.lr == 1e-4 and cfg.optim.lr_step == 300000
+    assert cfg.optimizer.lr == 1e-4 and cfg.scheduler.step_size == 300000
 
 
 def _fit(tmp_path, seed: int) -> tuple[dict, dict]:
@@ -78,7 +79,8 @@ def _fit(tmp_path, seed: int) -> tuple[dict, dict]:
         patches_per_epoch=4,
         seed=seed,
     )
-    module = SRModule(tiny_net(), scale=2, lr=1e-3, val_set_names=["a", "b"])
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    module = SRModule(tiny_net(), scale=2, optimizer=adam, val_set_names=["a", "b"])
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=3,

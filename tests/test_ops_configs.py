@@ -64,7 +64,9 @@ def test_paper_recipes(scale):
     assert cfg.data.train._target_ == "hdsr.data.div2k.DIV2KImages"
     assert list(cfg.data.train.ranges) == [[1, 900]]
     assert cfg.data.patch_size == 128 and cfg.data.batch_size == 64
-    assert cfg.optim.lr == 1e-4 and cfg.optim.lr_step == 300000 and cfg.optim.lr_gamma == 0.5
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
+    assert cfg.scheduler._target_.endswith("StepLR") and cfg.scheduler.step_size == 300000
+    assert cfg.scheduler.gamma == 0.5
     assert cfg.trainer.gradient_clip_val == 10 and cfg.trainer.max_steps == 1_200_000
 
 

@@ -62,6 +62,34 @@ def test_default_run_trains_validates_and_reports(tmp_path):
     assert "wandb sync" in out
 
 
+TINY_NET = "model.net.n_feats=8 model.net.n_blocks=1 model.net.lower_layers=2"
+
+
+@pytest.mark.slow
+def test_learning_rate_sweep_with_adamw_as_typed(tmp_path):
+    cmd = (
+        "hdsr-train -m optimizer=adamw optimizer.lr=1e-4,2e-4 logger=csv trainer.max_steps=2 "
+        "trainer.log_every_n_steps=1 "
+        "trainer.limit_val_batches=1 data.patches_per_epoch=4 data.batch_size=2 "
+        f"data.patch_size=32 {TINY_NET}"
+    )
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "runs" / "sweep"
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # run_name, then the swept key (optimizer=adamw is the same for every job)
+    assert jobs == ["hdsrnet_x2_s0,optimizer.lr=0.0001", "hdsrnet_x2_s0,optimizer.lr=0.0002"]
+    import torch
+
+    for job, lr in zip(jobs, (1e-4, 2e-4), strict=True):
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
+        (group,) = ckpt["optimizer_states"][0]["param_groups"]
+        assert group["lr"] == lr and group["weight_decay"] == 0.01 and group["fused"]
+        assert ckpt["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.adamw.AdamW"
+        rows = read_csv(sweep / job / "csv" / "version_0" / "metrics.csv")
+        assert {float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")} == {lr}
+
+
 @pytest.mark.slow
 def test_ablation_sweep_as_typed_runs_nine_jobs(tmp_path):
     # unquoted, exactly as users type it in bash

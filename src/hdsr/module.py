@@ -19,6 +19,14 @@ from hdsr.inference import DEFAULT_OVERLAP, upscale
 from hdsr.metrics import PSNRY, SSIMY, sr_like_hr
 from hdsr.models.hdsrnet import count_parameters
 from hdsr.models.layers import full_precision
+from hdsr.optimizers import (
+    PAPER_ADAM,
+    PAPER_STEP_LR,
+    OptimizerFactory,
+    SchedulerFactory,
+    build_optimizer,
+    describe,
+)
 from hdsr.scoring import bicubic_sr
 
 #: the test step's inference options (hdsr-eval's), with their defaults: one float32 pass
@@ -81,10 +89,15 @@ class SRModule(L.LightningModule):
     Args:
         net: the SR network, mapping (B, 3, h, w) -> (B, 3, s*h, s*w) on 0..255.
         scale: its upscaling factor (also the border shaved by the metrics).
-        lr: Adam learning rate.
-        betas, eps: Adam parameters.
-        lr_step: halve (multiply by ``lr_gamma``) the learning rate every ``lr_step`` steps.
-        lr_gamma: the factor applied every ``lr_step`` steps.
+        optimizer: builds the optimizer from the parameters: a partial, as the
+            ``optimizer`` config group gives it (``_partial_: true``). Completed with
+            ``fused=True``, or ``foreach=True`` under *-mixed precision with gradient
+            clipping, where the optimizer takes it and the partial sets neither
+            (``hdsr.optimizers.build_optimizer``). Default: the paper's Adam (lr 1e-4,
+            betas (0.9, 0.999), eps 1e-8).
+        scheduler: builds the LR scheduler from the optimizer (the ``scheduler`` group),
+            stepped after every optimizer step; None: a constant learning rate.
+            Default: the paper's StepLR, halving the rate every 300,000 steps.
         val_set_names: names of the validation loaders, in order (for metric keys).
         test_set_names: names of the test loaders, in order.
         channels_last: run the network in channels_last memory format.
@@ -94,7 +107,13 @@ class SRModule(L.LightningModule):
             image-capable loggers (W&B).
         net_config: the Hydra config that built ``net`` (``_target_`` and arguments); kept
             in the checkpoint so ``hdsr.checkpoints.load_model`` can rebuild the network.
-        model_name: the variant's name (``model.name``), kept in the checkpoint.
+        name: the variant's name (``model.name``), kept in the checkpoint as
+            ``model_name``.
+
+    The checkpoint's ``hyper_parameters`` hold plain data only (hdsr reads checkpoints
+    weights-only): the arguments above but ``net``, with ``optimizer`` and ``scheduler``
+    recorded as what they build (``hdsr.optimizers.describe``). Resuming restores the
+    optimizer's and scheduler's state from the checkpoint, whatever built them.
 
     Scores: a :class:`~hdsr.metrics.PSNRY` and an :class:`~hdsr.metrics.SSIMY` per
     validation and per test set (``val_metrics[k]``, ``test_metrics[k]``), synchronised
@@ -117,23 +136,27 @@ class SRModule(L.LightningModule):
         self,
         net: nn.Module,
         scale: int,
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lr_step: int = 300_000,
-        lr_gamma: float = 0.5,
+        optimizer: OptimizerFactory = PAPER_ADAM,
+        scheduler: SchedulerFactory | None = PAPER_STEP_LR,
         val_set_names: Sequence[str] = ("val",),
         test_set_names: Sequence[str] = (),
         channels_last: bool = False,
         compile: bool = False,
         log_images: int = 2,
         net_config: dict | None = None,
-        model_name: str | None = None,
+        name: str | None = None,
         inference: Mapping[str, Any] | None = None,
         image_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "inference", "image_dir"])
+        self.save_hyperparameters(
+            ignore=["net", "name", "optimizer", "scheduler", "inference", "image_dir"]
+        )
+        # plain data in the checkpoint: the model's name, and what the partials build
+        self.save_hyperparameters(
+            {"model_name": name, "optimizer": describe(optimizer), "scheduler": describe(scheduler)}
+        )
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = net
         self.scale = scale
         self.val_set_names = list(val_set_names)
@@ -328,17 +351,12 @@ class SRModule(L.LightningModule):
         self._log_scores("test", self.test_set_names, self.test_metrics)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        # The fused kernel (CPU and CUDA) does the same update in one pass over the weights.
-        # Lightning's mixed-precision plugins refuse to clip the gradients of an optimizer
-        # that unscales internally (fused), so with clipping (the recipe's) under *-mixed
-        # precision the multi-tensor (foreach) kernel does the update instead.
+        # fused kernel, or foreach under *-mixed precision with clipping (build_optimizer)
         trainer = self._trainer
         mixed = trainer is not None and str(trainer.precision).endswith("-mixed")
         clipping = trainer is not None and bool(trainer.gradient_clip_val)
-        kernel = {"foreach": True} if mixed and clipping else {"fused": True}
-        opt = torch.optim.Adam(
-            self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, **kernel
-        )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step, gamma=hp.lr_gamma)
+        opt = build_optimizer(self.optimizer_factory, self.parameters(), mixed, clipping)
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -12,6 +12,7 @@ import sys
 from hdsr.cli.overrides import (
     UsageError,
     check_mode_flags,
+    check_renamed_keys,
     expand_group_patterns,
     job_dir_overrides,
     with_overrides,
@@ -24,6 +25,7 @@ def train_main() -> None:
 
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     check_mode_flags(argv)
+    check_renamed_keys(argv)
     sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
     from hdsr.cli.train import hydra_main
 
@@ -37,6 +39,7 @@ def prepare_main() -> None:
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     if any(a in ("-m", "--multirun") for a in argv):
         raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
+    check_renamed_keys(argv)
     # no run directory and no .hydra/ for a preparation step
     sys.argv[1:] = with_overrides(
         argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]

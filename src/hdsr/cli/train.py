@@ -33,6 +33,11 @@ if not OmegaConf.has_resolver("hdsr_job_dir"):
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail late or silently, naming the offending key."""
+    from hdsr.cli.overrides import renamed_key_message
+
+    if cfg.get("optim") is not None:  # e.g. an experiment file written for hdsr 0.1
+        keys = [f"optim.{k}" for k in cfg.optim] if isinstance(cfg.optim, DictConfig) else []
+        raise ConfigError(renamed_key_message(keys[0] if keys else "optim"))
     scale = cfg.data.get("scale")
     if isinstance(scale, bool) or scale not in SCALES:
         raise ConfigError(f"data.scale must be one of {list(SCALES)}, got {scale!r}")
@@ -183,9 +188,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wandb_logger,
         wandb_mode,
     )
-    from hdsr.module import SRModule
     from hdsr.results import final_table
     from hdsr.scoring import bicubic_scores
+    from hdsr.training import build_module
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,23 +208,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    net = instantiate(cfg.model.net)
-    module = SRModule(
-        net,
-        scale=cfg.data.scale,
-        lr=cfg.optim.lr,
-        betas=list(cfg.optim.betas),
-        eps=cfg.optim.eps,
-        lr_step=cfg.optim.lr_step,
-        lr_gamma=cfg.optim.lr_gamma,
-        val_set_names=datamodule.val_set_names,
-        test_set_names=datamodule.test_set_names,
-        channels_last=cfg.runtime.channels_last,
-        compile=cfg.runtime.compile,
-        log_images=cfg.logger.get("wandb", {}).get("log_images", 0) or 0,
-        net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
-        model_name=cfg.model.name,
-    )
+    module = build_module(cfg, datamodule)  # net, optimizer and scheduler (cfg.model)
     # strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
     trainer_kwargs = build_trainer_kwargs(cfg.trainer)
     loggers = build_loggers(
