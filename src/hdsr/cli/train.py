@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdsr.imaging import SCALES
 from hdsr.loggers import ConfigError
+from hdsr.training import checkpoint_plugins as _plugins  # noqa: F401 - tests import it here
 
 CONFIG_MODULE = "hdsr.conf"
 
@@ -156,19 +156,6 @@ def single_job_argv() -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def _plugins() -> list[Any]:
-    """Checkpoints are written atomically in place (``AtomicCheckpointIO``). SLURM:
-    Lightning's own requeue is off; GracefulStop saves and requeues instead."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from hdsr.ckpt_files import AtomicCheckpointIO
-
-    plugins: list[Any] = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    return plugins
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as ``cfg`` says; return the final metrics and output paths."""
     check_config(cfg)
@@ -177,27 +164,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime_config(cfg)
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from hdsr.backends import trainer_kwargs as build_trainer_kwargs
-    from hdsr.callbacks import GracefulStop, StepProgressBar
-    from hdsr.loggers import (
-        build_loggers,
-        finish_wandb,
-        log_final_table,
-        wandb_logger,
-        wandb_mode,
-    )
-    from hdsr.results import final_table
-    from hdsr.scoring import bicubic_scores
-    from hdsr.training import build_module
+    from hdsr import training
+    from hdsr.ckpt_files import move_previous_checkpoints, remove_stale_temp_files
+    from hdsr.loggers import build_loggers, finish_wandb
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    from hdsr.ckpt_files import move_previous_checkpoints, remove_stale_temp_files
-
     rank_zero = rank_zero_only.rank == 0
     ckpt_dir = run_dir / "checkpoints"
     if rank_zero:
@@ -208,135 +182,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg, datamodule)  # net, optimizer and scheduler (cfg.model)
-    # strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
-    trainer_kwargs = build_trainer_kwargs(cfg.trainer)
-    loggers = build_loggers(
-        cfg, run_dir, ckpt_path is not None, sweep_group(cfg), rank_zero=rank_zero
-    )
-    first_set = datamodule.val_set_names[0]
-    ckpt = ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="best",
-        monitor=f"val/psnr_y/{first_set}",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,  # fixed names in the fixed run directory
-    )
-    callbacks: list[Any] = [ckpt]
-    every = cfg.checkpoint.get("every_n_train_steps")
-    if every:  # mid-epoch "last" checkpoints, so a killed run loses little
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(ckpt_dir),
-                save_last=True,
-                save_top_k=0,
-                every_n_train_steps=int(every),
-                enable_version_counter=False,
-            )
-        )
-    stop = GracefulStop(
-        ckpt_dir / "last.ckpt",
-        requeue=cfg.slurm.requeue,
-        check_every_n_steps=OmegaConf.select(cfg, "stop.check_every_n_steps", default=10),
-    )
-    callbacks.append(stop)
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks.append(StepProgressBar())
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        default_root_dir=str(run_dir),
-        logger=loggers or False,
-        callbacks=callbacks,
-        plugins=_plugins(),
-        use_distributed_sampler=False,  # the DataModule shards patches and images itself
-    )
+    module = training.build_module(cfg, datamodule)  # net, optimizer and scheduler
+    resuming, group = ckpt_path is not None, sweep_group(cfg)
+    loggers = build_loggers(cfg, run_dir, resuming, group, rank_zero=rank_zero)
+    trainer = training.build_trainer(cfg, run_dir, loggers)  # with cfg.callbacks
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}")
     exit_code = 1
     try:
         with single_job_argv():
-            try:  # weights-only: a checkpoint is data, never code to run
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            except SystemExit:
-                # Lightning ends a KeyboardInterrupt (a second Ctrl-C) with exit status 1
-                if stop.interrupted:
-                    exit_code = 128 + int(signal.SIGINT)
-                    raise SystemExit(exit_code) from None
-                raise
-            stop.restore_handlers()
-            if stop.exit_code is not None:
-                exit_code = stop.exit_code
-                stop.requeue_if_slurm(trainer.is_global_zero)
-                raise SystemExit(exit_code)
-            metrics = _val_metrics(trainer)
-            if not metrics:  # resumed a finished run: nothing was validated this time
-                trainer.validate(module, datamodule=datamodule, verbose=False)
-                metrics = _val_metrics(trainer)
-        if not trainer.is_global_zero:
-            exit_code = 0
-            return {"metrics": metrics}
-        # bicubic over the images the model was scored on (trainer.limit_val_batches)
-        scored = {n: set(names) for n, names in module.scored_images.items()}
-        val_pairs = {
-            n: [p for p in pairs if p.name in scored.get(n, ())]
-            for n, pairs in datamodule.val_pairs.items()
-        }
-        bicubic = bicubic_scores({n: p for n, p in val_pairs.items() if p}, cfg.data.scale)
-        bicubic_log = {}
-        for name, (psnr, ssim) in bicubic.items():
-            bicubic_log[f"bicubic/psnr_y/{name}"] = psnr
-            bicubic_log[f"bicubic/ssim_y/{name}"] = ssim
-        for logger in loggers:
-            logger.log_metrics(bicubic_log, step=trainer.global_step)
-            logger.save()  # the CSV logger writes buffered rows only on save
-        log_final_table(loggers, final_rows(cfg.model.name, metrics, bicubic))
-        wb = wandb_logger(loggers)
-        wandb_run = wb.experiment if wb is not None else None
-        csv_dir = next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)
-        result = {
-            "metrics": metrics,
-            "bicubic": bicubic,
-            "images": {n: (len(val_pairs[n]), len(datamodule.val_pairs[n])) for n in bicubic},
-            "run_dir": str(run_dir),
-            "checkpoint": ckpt.last_model_path or str(ckpt_dir / "last.ckpt"),
-            "best_checkpoint": ckpt.best_model_path,
-            "csv_dir": csv_dir,
-            "wandb_dir": getattr(wandb_run, "dir", None),
-            "wandb_offline": wandb_run is not None
-            and wandb_mode(cfg.logger.wandb.get("mode")) == "offline",
-        }
-        final_table(cfg, result)
+            metrics = training.fit(trainer, module, datamodule, ckpt_path)
+        result = {"metrics": metrics}
+        if trainer.is_global_zero:  # bicubic beside the model, the final table
+            result = training.report(cfg, trainer, module, datamodule, loggers, metrics)
         exit_code = 0
         return result
+    except SystemExit as stopped:  # a stop signal (128 + signal) or a second Ctrl-C (130)
+        exit_code = stopped.code if isinstance(stopped.code, int) else 1
+        raise
     finally:
-        stop.restore_handlers()
+        stop = training.graceful_stop(trainer)
+        if stop is not None:
+            stop.restore_handlers()
         finish_wandb(loggers, exit_code=exit_code)
-
-
-def _val_metrics(trainer: Any) -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-
-def final_rows(
-    model_name: str, metrics: dict[str, float], bicubic: dict[str, tuple[float, float]]
-) -> list[dict[str, Any]]:
-    """Rows (method, set, psnr_y, ssim_y) of the final table, model then bicubic."""
-    rows = []
-    for name, (b_psnr, b_ssim) in bicubic.items():
-        rows.append(
-            {
-                "method": model_name,
-                "set": name,
-                "psnr_y": metrics.get(f"val/psnr_y/{name}", float("nan")),
-                "ssim_y": metrics.get(f"val/ssim_y/{name}", float("nan")),
-            }
-        )
-        rows.append({"method": "bicubic", "set": name, "psnr_y": b_psnr, "ssim_y": b_ssim})
-    return rows
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")
