@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,27 @@ def test_default_run_trains_validates_and_reports(tmp_path):
 
 
 TINY_NET = "model.net.n_feats=8 model.net.n_blocks=1 model.net.lower_layers=2"
+
+
+@pytest.mark.slow
+def test_each_line_is_printed_once_without_tips_and_the_bar_counts_steps(tmp_path):
+    proc = run(f"hdsr-train trainer.max_steps=12 {' '.join(TINY)} {TINY_NET}", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout + proc.stderr
+    assert "\r" not in printed  # no TTY (COLUMNS=120): no redraws, every line is printed
+    lines = [line.strip() for line in printed.splitlines()]
+    lines = [line for line in lines if line.removeprefix("wandb:").strip()]  # W&B's blanks
+    assert [line for line, n in Counter(lines).items() if n > 1] == []
+    assert "Tip" not in printed and "litlogger" not in printed and "litmodels" not in printed
+    assert "anonymous" not in printed  # W&B's warning about Lightning's anonymous=None
+    # one bar for the run: optimizer steps toward trainer.max_steps (not "Epoch 2/-2")
+    (bar,) = [line for line in lines if line.startswith("step ")]
+    assert " 12/12 " in bar and "/-2" not in printed and "v_num" not in printed
+    # the INFO lines go to the console once and all of them to the job's log file
+    info = [line for line in proc.stdout.splitlines() if "][INFO] - " in line]
+    log = (tmp_path / "runs" / "hdsrnet_x2_s0" / "train.log").read_text().splitlines()
+    assert info == log and any("Seed set to 0" in line for line in log)
+    assert any("`Trainer.fit` stopped: `max_steps=12` reached" in line for line in log)
 
 
 @pytest.mark.slow

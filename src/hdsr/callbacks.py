@@ -143,13 +143,48 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 
 class StepProgressBar(RichProgressBar):
-    """Rich progress bar that reads the logged values (the loss) only on logging steps.
+    """Rich progress bar of the run's optimizer steps and of each validation set's images.
 
-    Lightning's bar turns every progress-bar metric into a Python number after every
-    batch (``.item()``), which makes the host wait for the device once per step. This one
-    advances its count every batch but reads the metrics every ``log_every_n_steps``
-    optimizer steps (the steps the loggers read them anyway) and at the end of an epoch.
+    * Training: one bar for the whole run, ``step`` and ``<global step>/<max_steps>``
+      (e.g. ``step 120/300000``), continuing across epochs and from a resumed step. With
+      no step budget (``trainer.max_steps=-1``) it counts each epoch's batches, as
+      Lightning's bar does.
+    * Validation and test: a bar per set, ``val <set>`` / ``test <set>``, counting its
+      images (one per batch; under DDP, this rank's share).
+    * The logged values (the loss) are read only on logging steps: Lightning's bar turns
+      every progress-bar metric into a Python number after every batch (``.item()``),
+      which makes the host wait for the device once per step. This one reads them every
+      ``log_every_n_steps`` optimizer steps (the steps the loggers read them anyway) and
+      at the end of an epoch. The logger's version (``v_num``) is not shown.
     """
+
+    def _max_steps(self) -> int | None:
+        steps = self.trainer.max_steps
+        return int(steps) if steps is not None and steps > 0 else None
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self._max_steps() is not None:
+            return "step"
+        epochs = self.trainer.max_epochs  # -1: no limit (Lightning's bar said "Epoch 0/-2")
+        return f"epoch {current_epoch}" + (f"/{epochs - 1}" if epochs and epochs > 0 else "")
+
+    def _initialize_train_progress_bar_id(self) -> None:
+        total = self._max_steps()
+        if total is None:
+            super()._initialize_train_progress_bar_id()
+            return
+        self.train_progress_bar_id = self._add_task(total, self._get_train_description(0))
+        self._update(self.train_progress_bar_id, self.trainer.global_step)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._max_steps() is None:
+            super().on_train_epoch_start(trainer, pl_module)
+            return
+        if self.is_disabled or self.progress is None:
+            return
+        if self.train_progress_bar_id is None:  # one bar for the run, not one per epoch
+            self._initialize_train_progress_bar_id()
+        self.refresh()
 
     def on_train_batch_end(
         self,
@@ -161,8 +196,27 @@ class StepProgressBar(RichProgressBar):
     ) -> None:
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()  # resumed mid-epoch
-        self._update(self.train_progress_bar_id, batch_idx + 1)
+        done = trainer.global_step if self._max_steps() is not None else batch_idx + 1
+        self._update(self.train_progress_bar_id, done)
         every = max(1, int(trainer.log_every_n_steps or 1))
         if trainer.global_step % every == 0:
             self._update_metrics(trainer, pl_module)
         self.refresh()
+
+    def _set_name(self, attribute: str) -> str:
+        names = getattr(self.trainer.lightning_module, attribute, None) or []
+        index = self._current_eval_dataloader_idx or 0
+        return str(names[index]) if index < len(names) else str(index)
+
+    @property
+    def validation_description(self) -> str:
+        return f"val {self._set_name('val_set_names')}"
+
+    @property
+    def test_description(self) -> str:
+        return f"test {self._set_name('test_set_names')}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

@@ -68,21 +68,23 @@ def build_loggers(
     from lightning.pytorch.loggers import WandbLogger
 
     tags = [cfg.model.name, f"x{cfg.data.scale}", f"seed{cfg.seed}", *list(wb.get("tags") or [])]
-    loggers.append(
-        WandbLogger(
-            project=wb.get("project", "hdsr"),
-            entity=wb.get("entity"),
-            name=cfg.run_name,
-            id=wandb_run_id(run_dir, resuming),
-            resume="allow",
-            group=wb.get("group") or group,
-            job_type=job_type,
-            tags=tags,
-            save_dir=str(run_dir),
-            offline=mode == "offline",
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
+    run_logger = WandbLogger(
+        project=wb.get("project", "hdsr"),
+        entity=wb.get("entity"),
+        name=cfg.run_name,
+        id=wandb_run_id(run_dir, resuming),
+        resume="allow",
+        group=wb.get("group") or group,
+        job_type=job_type,
+        tags=tags,
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
+    # Lightning passes anonymous=None, which W&B warns about in every run ("The anonymous
+    # setting has no effect"); leaving it out changes nothing else
+    getattr(run_logger, "_wandb_init", {}).pop("anonymous", None)
+    loggers.append(run_logger)
     return loggers
 
 

@@ -168,8 +168,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from hdsr import training
     from hdsr.ckpt_files import move_previous_checkpoints, remove_stale_temp_files
+    from hdsr.console import one_line_each
     from hdsr.loggers import build_loggers, finish_wandb
 
+    one_line_each()  # Lightning's log lines once (Hydra's console and log file), no tips
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = rank_zero_only.rank == 0
