@@ -45,26 +45,28 @@ class ScoringNet(nn.Module):
     ``16-true``) cast up to float32 for the pass (the network keeps them).
 
     A module holding ``net``, so ``hdsr.inference.upscale`` finds its dynamic convs for
-    tiled inference. Autocast is left as the caller has it.
+    tiled inference. Autocast is left as the caller has it. Made for one image: the
+    float32 copies of low-precision weights are taken once, when it is built, and serve
+    every forward of the image (tiles, self-ensemble passes).
     """
 
     def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.net = net
         self.channels_last = channels_last
+        self.low = {
+            name: t.float()
+            for name, t in (*net.named_parameters(), *net.named_buffers())
+            if t.dtype in (torch.bfloat16, torch.float16)
+        }
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
-        low = {
-            name: t.float()
-            for name, t in (*self.net.named_parameters(), *self.net.named_buffers())
-            if t.dtype in (torch.bfloat16, torch.float16)
-        }
-        if not low:
+        if not self.low:
             return self.net(lr)
-        return torch.func.functional_call(self.net, low, (lr,), strict=False)
+        return torch.func.functional_call(self.net, self.low, (lr,), strict=False)
 
 
 def _inference_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
