@@ -107,16 +107,17 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
 
     import hdsr.cli.evaluate
     from datatrees import make_benchmark
+    from hdsr.module import SRModule
 
     bench = make_benchmark(tmp_path / "bench", "Set5", 2, size=(24, 28))
     seen = []
-    real = hdsr.cli.evaluate.evaluate_model
+    real = SRModule.test_step
 
-    def spy(*args, **kwargs):
-        seen.append(tf32_state())
-        return real(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        seen.append((self.inference["precision"], tf32_state()))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(hdsr.cli.evaluate, "evaluate_model", spy)
+    monkeypatch.setattr(SRModule, "test_step", spy)
     set_cuda_tf32(True)  # e.g. left on by training in the same process
     before = tf32_state()
     for precision in ("32", "bf16"):
@@ -133,7 +134,10 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
             cfg = compose(config_name="eval", overrides=overrides)
         hdsr.cli.evaluate.run_eval(cfg)
         assert tf32_state() == before
-    exact, bf16 = seen
-    assert exact["cuda.matmul.allow_tf32"] is False and exact["cudnn.allow_tf32"] is False
-    assert exact["float32_matmul_precision"] == "highest"
-    assert bf16 == before
+    # each image of the model (with the precision asked) and of the bicubic baseline
+    assert [p for p, _ in seen] == ["32"] * 2 + ["32"] * 2 + ["32"] * 2 + ["bf16"] * 2
+    exact = [state for _, state in seen[:4]]
+    assert all(s["cuda.matmul.allow_tf32"] is False for s in exact)
+    assert all(s["cudnn.allow_tf32"] is False for s in exact)
+    assert all(s["float32_matmul_precision"] == "highest" for s in exact)
+    assert all(state == before for _, state in seen[4:])

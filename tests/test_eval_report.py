@@ -208,3 +208,65 @@ def test_old_checkpoint_scores_exactly_as_hdsr_0_1_0(tmp_path):
     out = tmp_path / "runs" / "eval" / "hdsrnet_tiny_x2_v0.1"
     with open(out / "per_image.csv", newline="") as f:  # csv writes \r\n line ends
         assert f.read() == V010_PER_IMAGE.replace("\n", "\r\n")
+
+
+def test_eval_under_ddp_scores_each_image_once_as_one_process_does(tmp_path):
+    """hdsr-eval trainer=ddp_sim: 2 ranks share the images (sets of 3 and 1: one rank
+    scores a repeat) and write per_image.csv, the results and the SR images equal byte
+    for byte to one process's; the table is printed once, by rank 0."""
+    root = tmp_path / "bench"
+    make_benchmark(root, "Set5", 3, size=(40, 44))
+    make_benchmark(root, "Set14", 1, gray=(0,), size=(36, 40))
+    ckpt = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    cmd = (
+        f"hdsr-eval ckpt={ckpt} data.benchmark_root={root} 'data.test_sets=[Set5,Set14]' "
+        "logger=csv save_images=true"
+    )
+    one = run(f"{cmd} paths.root=one", tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp = run(f"{cmd} paths.root=ddp trainer=ddp_sim", tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    out = {k: tmp_path / k / "eval" / "hdsrnet_tiny_x2_v0.1" for k in ("one", "ddp")}
+    assert (out["ddp"] / "train_ddp_process_1.log").is_file()  # rank 1 ran this job
+    assert ddp.stdout.count("PSNR/SSIM (Y, shave = scale)") == 1
+    files = {
+        k: sorted(p.relative_to(d) for p in d.rglob("*") if p.is_file() and p.suffix != ".log")
+        for k, d in out.items()
+    }
+    results = [Path(f) for f in ("per_image.csv", "results.csv", "results.md")]
+    images = [Path("images/hdsrnet/Set5") / f"img_00{k}_x2.png" for k in range(3)]
+    images.append(Path("images/hdsrnet/Set14/img_000_x2.png"))
+    assert set(results + images) <= set(files["one"])
+    assert [f for f in files["ddp"] if ".hydra" not in f.parts] == [
+        f for f in files["one"] if ".hydra" not in f.parts
+    ]
+    for f in results + images:
+        assert (out["ddp"] / f).read_bytes() == (out["one"] / f).read_bytes(), f
+    assert len(read_csv(out["ddp"] / "per_image.csv")) == 4
+
+
+def test_eval_trainer_config_places_the_scoring_on_device(monkeypatch):
+    """device=auto: the trainer config decides (default: CUDA when there is a GPU, else
+    the CPU; trainer=ddp: every GPU); cpu/cuda/cuda:N: one process there."""
+    from hdsr.cli.evaluate import trainer_config
+
+    base = ["model=bicubic", "data.scale=2", "data.benchmark_root=."]
+    for cuda, accelerator in ((False, "cpu"), (True, "cuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        conf = trainer_config(_eval_cfg(base))
+        assert (conf["accelerator"], conf["devices"], conf["strategy"]) == (accelerator, 1, "auto")
+    ddp = trainer_config(_eval_cfg([*base, "trainer=ddp"]))
+    assert (ddp["accelerator"], ddp["devices"]) == ("gpu", -1)
+    assert ddp["strategy"]["_target_"].endswith("DDPStrategy")
+    assert ddp["benchmark"] is None  # no cuDNN autotuning per image size
+    sim = trainer_config(_eval_cfg([*base, "trainer=ddp_sim"]))
+    assert (sim["accelerator"], sim["devices"]) == ("cpu", 2)
+    for device, accelerator, devices in (("cpu", "cpu", 1), ("cuda", "cuda", 1)) + (
+        ("cuda:1", "cuda", [1]),
+    ):
+        conf = trainer_config(_eval_cfg([*base, f"device={device}"]))
+        assert (conf["accelerator"], conf["devices"]) == (accelerator, devices)
+    with pytest.raises(ValueError, match="leave device=auto"):
+        trainer_config(_eval_cfg([*base, "trainer=ddp_sim", "device=cpu"]))
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        trainer_config(_eval_cfg([*base, "device=gpu0"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,64 +61,117 @@ def precision_mode(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def evaluate_model(
-    model: Any,
-    sets: dict[str, list],
-    device: str,
-    precision: str,
-    self_ensemble: bool,
-    tile: int | None,
-    overlap: int,
-    bicubic: dict[str, dict[str, tuple[float, float]]],
+#: per set, ``(index, name, PSNR, SSIM)`` of each image, in the set's order
+ImageScores = dict[str, list[tuple[int, str, float, float]]]
+
+
+def score_sets(
+    net: Any,
+    scale: int,
+    sets: Mapping[str, Sequence[ImagePair]],
+    trainer_config: Mapping[str, Any],
+    *,
+    inference: Mapping[str, Any] | None = None,
     image_dir: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Per-image rows (set, image, psnr_y, ssim_y, bicubic_psnr_y, bicubic_ssim_y).
+    label: str = "",
+) -> tuple[ImageScores, bool]:
+    """Score ``net`` on ``sets`` the way validation does: ``Trainer.test`` of an
+    ``SRModule`` holding it, whose test step runs ``hdsr.inference.upscale`` with the
+    ``inference`` options (``tile``, ``tile_overlap``, ``self_ensemble``, ``precision``)
+    and keeps each image's PSNR/SSIM in its set's ``PSNRY``/``SSIMY``.
 
-    ``bicubic`` holds the baseline's scores (``hdsr.scoring.bicubic_per_image``),
-    computed once per scale and shared by every model of that scale.
+    ``trainer_config`` holds the Trainer's arguments as the ``trainer`` config group gives
+    them (accelerator, devices, a strategy string or ``_target_`` config: see
+    ``hdsr.backends.trainer_kwargs``; TF32 is left as it is, ``precision_mode`` decides
+    it): with several devices every rank scores its share of each set, torchmetrics
+    gathers the scores and every rank gets them all, each image once. No logger, no
+    checkpoints; the network is back on the CPU afterwards. With ``image_dir`` each SR
+    image is written to ``<image_dir>/<set>/<name>_x<scale>.png``. ``label`` names the
+    progress bar.
+
+    Returns the per-image scores per set and whether this process is global rank 0.
     """
-    from rich.progress import track
+    import lightning as L
 
-    from hdsr.data.transforms import to_tensor_chw
-    from hdsr.imaging import to_uint8_image, write_png
-    from hdsr.inference import upscale
-    from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
+    from hdsr.backends import restoring_tf32, trainer_kwargs
+    from hdsr.data.datamodule import WholeImageSets
+    from hdsr.module import SRModule
 
-    s = model.scale
-    net = model.net.to(device)
+    with restoring_tf32():  # not the training rule (TF32 on for CUDA)
+        kwargs = trainer_kwargs(trainer_config)  # a strategy object of its own
+
+    module = SRModule(
+        net,
+        scale=scale,
+        val_set_names=(),
+        test_set_names=list(sets),
+        inference=inference,
+        image_dir=image_dir,
+    )
+    callbacks = [progress_bar(label)] if kwargs.get("enable_progress_bar", True) else []
+    trainer = L.Trainer(
+        **kwargs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        use_distributed_sampler=False,  # WholeImageSets shards the images itself
+    )
+    with warnings.catch_warnings():
+        # the scores are gathered by torchmetrics; Lightning's advice to sync them is moot
+        warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('test/")
+        trainer.test(module, datamodule=WholeImageSets(sets), verbose=False)
+    return module.image_scores, trainer.is_global_zero
+
+
+def progress_bar(label: str) -> Any:
+    """A rich progress bar for one model: ``label`` and this rank's images of all the
+    sets, one bar left on screen when done (as ``rich.progress.track`` showed it)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class ScoringProgressBar(RichProgressBar):
+        def __init__(self) -> None:
+            super().__init__(leave=True)
+            self.done = 0
+
+        def on_test_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+            if self.is_disabled or self.test_progress_bar_id is not None:
+                return
+            total = sum(trainer.num_test_batches)  # every set's batches (images)
+            self.test_progress_bar_id = self._add_task(total, label)
+            self.refresh()
+
+        def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            if self.is_disabled or self.test_progress_bar_id is None:
+                return
+            self.done += 1
+            self._update(self.test_progress_bar_id, self.done)
+
+    return ScoringProgressBar()
+
+
+def per_image_rows(
+    model: str, scale: int, scores: ImageScores, bicubic: ImageScores
+) -> list[dict[str, Any]]:
+    """The per-image rows of one model (``per_image.csv``): set, image, its PSNR/SSIM
+    and the bicubic baseline's of the same image, set by set in the sets' order."""
     rows = []
-    total = sum(len(v) for v in sets.values())
-    items = [(name, p) for name, pairs in sets.items() for p in pairs]
-    for set_name, pair in track(items, description=f"{model.name} x{s}", total=total):
-        lr = to_tensor_chw(np.asarray(pair.lr))[None]
-        sr_t = upscale(
-            net,
-            lr,
-            s,
-            tile=tile,
-            overlap=overlap,
-            self_ensemble=self_ensemble,
-            device=device,
-            precision=precision,
-        )
-        hr = np.asarray(pair.hr)
-        sr = sr_like_hr(to_uint8_image(sr_t.float()).numpy(), hr)
-        b_psnr, b_ssim = bicubic[set_name][pair.name]
-        rows.append(
-            {
-                "model": model.name,
-                "scale": s,
-                "set": set_name,
-                "image": pair.name,
-                "psnr_y": psnr_y(sr, hr, s),
-                "ssim_y": ssim_y(sr, hr, s),
-                "bicubic_psnr_y": b_psnr,
-                "bicubic_ssim_y": b_ssim,
-            }
-        )
-        if image_dir is not None:
-            write_png(image_dir / set_name / f"{pair.name}_x{s}.png", sr)
-    net.to("cpu")
+    for set_name, images in scores.items():
+        base = {index: (p, s) for index, _, p, s in bicubic[set_name]}
+        for index, image, psnr, ssim in images:
+            b_psnr, b_ssim = base[index]
+            rows.append(
+                {
+                    "model": model,
+                    "scale": scale,
+                    "set": set_name,
+                    "image": image,
+                    "psnr_y": psnr,
+                    "ssim_y": ssim,
+                    "bicubic_psnr_y": b_psnr,
+                    "bicubic_ssim_y": b_ssim,
+                }
+            )
     return rows
 
 

@@ -3,11 +3,20 @@
 For each model and benchmark set: SR of every LR image (optionally self-ensembled and
 tiled), rounded to uint8, scored on Y with ``scale`` pixels shaved, averaged per set; the
 MATLAB-bicubic baseline of the same LR images and the published figures beside it.
+
+Every model, and the bicubic baseline (``hdsr.models.bicubic``, once per scale), is
+scored by ``Trainer.test`` on the ``SRModule`` that validates during training
+(``hdsr.scoring.score_sets``), with the ``trainer`` config group's Trainer: one process
+by default, every GPU of the node with ``trainer=ddp`` (each image scored once; global
+rank 0 writes the results).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hdsr.results import log_to_wandb, summarize, table_rows, write_outputs
-from hdsr.scoring import distinct_names, evaluate_model, precision_mode, run_label
+from hdsr.scoring import distinct_names, per_image_rows, precision_mode, run_label, score_sets
 
 CONFIG_MODULE = "hdsr.conf"
 
@@ -60,21 +69,82 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.scale must be null, 2, 3 or 4, got {scale!r}")
 
 
+def trainer_config(cfg: DictConfig) -> dict[str, Any]:
+    """The scoring Trainer's settings: the ``trainer`` group, placed by ``device``.
+
+    ``device=auto`` leaves accelerator and devices to the trainer config (the default
+    one: CUDA when there is a GPU, else the CPU; ``trainer=ddp``: every GPU of the node);
+    ``cpu``, ``cuda`` or ``cuda:N`` runs one process on that device, and is refused with
+    a trainer config of several processes. A plain dict; the strategy stays a config
+    (``hdsr.scoring.score_sets`` builds one per Trainer).
+    """
+    import torch
+
+    from hdsr.loggers import ConfigError
+
+    conf = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(conf, dict)
+    device = str(cfg.device)
+    if device == "auto":
+        if str(conf.get("accelerator", "auto")) == "auto":  # as before: CUDA, else CPU
+            conf["accelerator"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return conf
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    devices, nodes = conf.get("devices", 1), conf.get("num_nodes", 1)
+    if str(devices) != "1" or str(nodes) != "1":
+        raise ConfigError(
+            f"device={device} is one device, but the trainer config runs "
+            f"trainer.devices={devices} processes on trainer.num_nodes={nodes}: leave "
+            "device=auto, or set trainer.devices=1"
+        )
+    conf["accelerator"] = dev.type
+    conf["devices"] = [dev.index] if dev.type == "cuda" and dev.index is not None else 1
+    return conf
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO lines (GPU/TPU available, tips...) left out while scoring: one
+    Trainer per model would repeat them. Its warnings still show."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint (and ``model=bicubic``) of ``cfg``; return the summary."""
+    """Evaluate every checkpoint (and ``model=bicubic``) of ``cfg``; return the summary.
+
+    Under DDP (``trainer=ddp``) every rank runs this; only global rank 0 writes the
+    results, prints the table and logs the W&B run.
+    """
     from hydra.utils import instantiate
     from rich.console import Console
     from rich.table import Table
 
     from hdsr.checkpoints import LoadedModel, load_model
+    from hdsr.cli.train import single_job_argv
     from hdsr.data.benchmarks import BenchmarkImages
-    from hdsr.imaging import resolve_device
     from hdsr.loggers import ConfigError
+    from hdsr.models.bicubic import BicubicUpsampler
     from hdsr.runtime import apply_runtime_config
-    from hdsr.scoring import bicubic_per_image
 
     check_eval_config(cfg)
     apply_runtime_config(cfg)
+    import lightning.pytorch  # noqa: F401 - its loggers, which one_line_each rearranges
+
+    from hdsr.console import one_line_each
+
+    one_line_each()  # Lightning's log lines once (Hydra's console and log file), no tips
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
     models: list[LoadedModel] = [load_model(c) for c in ckpts]
@@ -91,31 +161,43 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
             raise ConfigError(f"{m.source} is a x{m.scale} model but data.scale={cfg.data.scale}")
     set_names = list(cfg.data.test_sets)
     run_dir = Path(cfg.paths.run_dir)
-    device = str(resolve_device(cfg.device))
-    cache: dict[int, dict[str, list]] = {}
-    baseline: dict[int, dict[str, dict[str, tuple[float, float]]]] = {}
+    trainer = trainer_config(cfg)
+    inference = {
+        "tile": cfg.tile or None,
+        "tile_overlap": int(cfg.tile_overlap),
+        "self_ensemble": bool(cfg.self_ensemble),
+        "precision": str(cfg.precision),
+    }
+    sets: dict[int, dict[str, list]] = {}
+    baseline: dict[int, dict[str, list]] = {}
     rows: list[dict[str, Any]] = []
-    for m in models:
-        if m.scale not in cache:
-            cache[m.scale] = {
-                n: BenchmarkImages(cfg.data.benchmark_root, n).load(m.scale) for n in set_names
-            }
-            baseline[m.scale] = bicubic_per_image(cache[m.scale], m.scale)
-        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", m.name).strip("_") or "model"
-        image_dir = run_dir / "images" / folder if cfg.save_images else None
-        with precision_mode(str(cfg.precision)):
-            rows += evaluate_model(
-                m,
-                cache[m.scale],
-                device,
-                str(cfg.precision),
-                bool(cfg.self_ensemble),
-                cfg.tile or None,
-                int(cfg.tile_overlap),
-                baseline[m.scale],
-                image_dir,
+    rank_zero = True
+    # under DDP Lightning starts ranks > 0 by re-running this job's command
+    with quiet_lightning(), single_job_argv(), precision_mode(str(cfg.precision)):
+        for m in models:
+            s = m.scale
+            if s not in sets:
+                sets[s] = {
+                    n: BenchmarkImages(cfg.data.benchmark_root, n).load(s) for n in set_names
+                }
+                baseline[s], _ = score_sets(
+                    BicubicUpsampler(s), s, sets[s], trainer, label=f"bicubic x{s} (baseline)"
+                )
+            folder = re.sub(r"[^A-Za-z0-9._-]+", "_", m.name).strip("_") or "model"
+            image_dir = run_dir / "images" / folder if cfg.save_images else None
+            scores, rank_zero = score_sets(
+                m.net,
+                s,
+                sets[s],
+                trainer,
+                inference=inference,
+                image_dir=image_dir,
+                label=f"{m.name} x{s}",
             )
+            rows += per_image_rows(m.name, s, scores, baseline[s])
     summary = summarize(rows, set_names)
+    if not rank_zero:
+        return summary
     paths = write_outputs(run_dir, rows, summary, set_names)
     wandb_dir = log_to_wandb(cfg, run_dir, summary, rows)
 

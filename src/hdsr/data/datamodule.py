@@ -168,6 +168,27 @@ class SRDataModule(L.LightningDataModule):
         return _whole_image_loaders(self.test_pairs, *self._rank_world())
 
 
+class WholeImageSets(L.LightningDataModule):
+    """Whole-image test loaders over pairs already loaded (``hdsr-eval``'s benchmarks).
+
+    One batch-1 loader per set, in order; under DDP each rank takes its shard, padded by
+    wrapping, as ``SRDataModule.test_dataloader`` does (``SRModule`` counts each image
+    once).
+
+    Args:
+        pairs: ``{set name: pairs}``, every set non-empty.
+    """
+
+    def __init__(self, pairs: Mapping[str, Sequence[ImagePair]]) -> None:
+        super().__init__()
+        self.test_pairs = {name: list(p) for name, p in pairs.items()}
+
+    def test_dataloader(self) -> list[DataLoader]:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return _whole_image_loaders(self.test_pairs, rank, world)
+
+
 def resolve_sets(
     sets: Mapping[str, PairSource] | Sequence[str], benchmark_root: str | None, key: str
 ) -> dict[str, PairSource]:
