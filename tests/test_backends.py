@@ -106,8 +106,8 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
     from hydra import compose, initialize_config_module
 
     import hdsr.cli.evaluate
-    from datatrees import make_benchmark
     from hdsr.module import SRModule
+    from helpers.datatrees import make_benchmark
 
     bench = make_benchmark(tmp_path / "bench", "Set5", 2, size=(24, 28))
     seen = []

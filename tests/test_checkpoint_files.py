@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose
-from test_train_e2e import BIN, run
+from helpers.commands import BIN, run
+from helpers.configs import compose
 
 TINY = (
     "model=ablation/r1_six_conv logger=csv trainer.enable_progress_bar=false "

@@ -6,7 +6,6 @@ import json
 import math
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ import torch.nn.functional as F
 
 from hdsr.data import imresize, modcrop
 from hdsr.metrics import psnr_y, rgb_to_y, ssim_y
+from helpers import FIXTURES
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())
+FIXTURE = json.loads((FIXTURES / "matlab_bicubic.json").read_text())
 IMAGES = sorted(FIXTURE["images"])
 SCALES = (2, 3, 4)
 TOL = 1e-6  # the fixture rounds to 6 decimals

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.pairs import make_pair
 from hdsr.imaging import to_uint8_image
 from hdsr.metrics import psnr_y, ssim_y
 from hdsr.models import HDSRNet
 from hdsr.module import SRModule
+from helpers import FIXTURES
+from helpers.configs import compose
 
 
 class Images:
@@ -124,7 +124,7 @@ def test_validation_scores_the_rounded_uint8_output():
     assert metrics["ssim_y"].per_image() == [(0, ssim_y(sr, pair.hr, 2))]
 
 
-V01_CKPT = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+V01_CKPT = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
 
 
 def test_metrics_add_no_checkpoint_keys_and_old_checkpoints_load():

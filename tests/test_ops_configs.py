@@ -8,12 +8,12 @@ import signal
 import pytest
 import torch
 
-from conftest import compose
 from hdsr.callbacks import GracefulStop, slurm_job_id
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.datasets import PatchSampler, ShardSampler
 from hdsr.models import HDSRNet
 from hdsr.module import SRModule
+from helpers.configs import compose
 
 
 def compose_hydra(overrides):

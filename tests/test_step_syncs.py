@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import compose
 from hdsr.callbacks import GracefulStop
+from helpers.configs import compose
 
 
 class _Strategy:

@@ -3,14 +3,13 @@ config (fast_dev_run), and resuming a checkpoint of hdsr 0.1."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from conftest import compose
 from hdsr.callbacks import GracefulStop, StepProgressBar
 from hdsr.training import build_callbacks
+from helpers import FIXTURES
+from helpers.configs import compose
 
 TINY = [
     "model.net.n_feats=8",
@@ -22,7 +21,7 @@ TINY = [
     "logger=csv",
     "trainer.enable_progress_bar=false",
 ]
-V01_CKPT = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+V01_CKPT = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
 
 
 def test_callbacks_group_builds_todays_callbacks(tmp_path):

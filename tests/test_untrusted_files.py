@@ -13,8 +13,9 @@ import torch
 from hdsr.checkpoints import load_model
 from hdsr.imaging import write_png
 from hdsr.models.registry import UntrustedConfigError, build_network
+from helpers import FIXTURES
 
-DATA = Path(__file__).parent / "data"
+DATA = FIXTURES
 #: a checkpoint written by hdsr-train 0.1.0 (main at 8b500c9): n_feats=8, n_blocks=1,
 #: lower_layers=2, x2, 2 steps on data=demo
 OLD_CKPT = DATA / "hdsrnet_tiny_x2_v0.1.ckpt"
@@ -146,4 +147,3 @@ def test_report_builds_only_hdsr_networks_from_a_run_folder(tmp_path, capsys):
 def test_checkpoint_path_that_is_a_directory_says_so(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         load_model(tmp_path)
-

@@ -9,7 +9,7 @@ algorithm step by step:
   ``1/scale`` (``h(x) = scale * cubic(scale * x)``, width ``4/scale``) for antialiasing.
 * Output pixel ``x`` (1-based) samples input coordinate ``x/scale + 0.5 * (1 - 1/scale)``.
 * Taps that fall outside the image take the nearest edge pixel (clamping). This is the
-  rule the project's MATLAB-parity fixture (``tests/data/matlab_bicubic.json``) is
+  rule the project's MATLAB-parity fixture (``tests/fixtures/matlab_bicubic.json``) is
   bit-exact with; MATLAB's ``imresize.m`` source mirrors indices symmetrically instead,
   which is available as ``boundary="symmetric"``. The two differ only near the borders.
 * The image is resized one dimension at a time, the dimension with the smaller scale

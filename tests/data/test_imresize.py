@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
 
 from hdsr.imresize import imresize, modcrop
+from helpers import FIXTURES
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())
+FIXTURE = json.loads((FIXTURES / "matlab_bicubic.json").read_text())
 IMAGES = sorted(FIXTURE["images"])
 SCALES = (2, 3, 4)
 

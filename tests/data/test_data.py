@@ -101,7 +101,7 @@ def test_demo_images_are_bundled_photos_with_matlab_bicubic_lr():
 
 
 def test_demo_train_and_validation_images_differ():
-    from conftest import compose
+    from helpers.configs import compose
 
     cfg = compose([])
     train, val = set(cfg.data.train.names), set(cfg.data.val_sets.demo.names)

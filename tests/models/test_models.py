@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from conftest import MODEL_OPTIONS
 from hdsr.models import DynamicConv2d, HDSRNet, count_parameters, load_official
 from hdsr.models.official import hdsr_to_official_key
-from official_reference import RefHDSRNet
+from helpers import FIXTURES
+from helpers.configs import MODEL_OPTIONS
+from helpers.official_reference import RefHDSRNet
 
 # Trainable parameters of the authors' released models (SPEC section 1).
 OFFICIAL_PARAMS = {2: 1_818_496, 3: 2_003_136, 4: 1_966_208}
@@ -276,13 +277,10 @@ def test_subpixel_kernel_equals_conv_after_shuffle():
 def test_official_key_names_and_shapes_equal_the_released_checkpoints(scale):
     """Every key and shape of the authors' HDSRNet_x{s}.pt (copied from their state_dict)."""
     import json
-    from pathlib import Path
 
     from hdsr.models.official import official_key_map
 
-    released = json.loads(
-        (Path(__file__).parent / "data" / "official_state_dict_keys.json").read_text()
-    )[f"x{scale}"]
+    released = json.loads((FIXTURES / "official_state_dict_keys.json").read_text())[f"x{scale}"]
     names = official_key_map(scale)
     assert set(names) == set(released)
     ours = HDSRNet(scale).state_dict()

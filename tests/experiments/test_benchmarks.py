@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_benchmarked_training_step_clips_and_uses_hdsr_trains_adam(
 
 
 def test_benchmark_clips_gradients_as_the_paper_recipes():
-    from conftest import compose
+    from helpers.configs import compose
 
     bs = _bench_speed()
     for scale in (2, 3, 4):

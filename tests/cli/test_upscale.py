@@ -15,7 +15,7 @@ from hdsr.imaging import read_image
 from hdsr.imresize import imresize
 from hdsr.inference import upscale
 from hdsr.models import HDSRNet
-from imagefiles import random_png16
+from helpers.imagefiles import random_png16
 
 TINY = {
     "_target_": "hdsr.models.HDSRNet",
@@ -168,7 +168,7 @@ def test_success_exit_status_tiling_and_options(tiny_ckpt, tmp_path):
 
 
 def test_official_checkpoint_and_name_collisions(tmp_path, capsys):
-    from official_reference import RefHDSRNet
+    from helpers.official_reference import RefHDSRNet
 
     torch.manual_seed(0)
     ckpt = tmp_path / "HDSRNet_x3.pt"

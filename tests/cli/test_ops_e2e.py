@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,35 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_e2e import BIN, read_csv, run
+from helpers.commands import BIN, read_csv, run, wandb_records
 
 pytestmark = pytest.mark.slow
 
 TINY = "trainer.limit_val_batches=1 data.patches_per_epoch=4 data.batch_size=2 data.patch_size=32"
-
-
-def wandb_records(wandb_dir: Path) -> dict:
-    """What an offline W&B run recorded, read back through `wandb leet inspect --json`."""
-    (run_dir,) = wandb_dir.glob("offline-run-*")
-    out = subprocess.run(
-        [str(BIN / "wandb"), "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    rec: dict = {"history": [], "summary": {}, "exit_code": None, "run": None}
-    for line in out.splitlines():
-        r = json.loads(line)
-        if r["type"] == "run":
-            rec["run"] = r["run"]
-        elif r["type"] == "history":
-            rec["history"].append(r["history"]["item"])
-        elif r["type"] == "summary":
-            rec["summary"].update(r["summary"].get("update", {}))
-        elif r["type"] == "exit":
-            rec["exit_code"] = r["exit"].get("exit_code", 0)
-    return rec
 
 
 def test_wandb_records_one_run_per_job_with_group_config_history_summary(tmp_path):

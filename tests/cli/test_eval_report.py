@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from datatrees import make_benchmark
 from hdsr.imaging import write_png
-from test_train_e2e import read_csv, run
+from helpers import FIXTURES
+from helpers.commands import read_csv, run
+from helpers.datatrees import make_benchmark
 
 pytestmark = pytest.mark.slow
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "matlab_bicubic.json").read_text())
+FIXTURE = json.loads((FIXTURES / "matlab_bicubic.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,7 @@ def test_bicubic_model_reproduces_the_matlab_protocol(tmp_path, bench):
 
 
 def test_eval_checkpoints_official_and_ours_with_options(tmp_path, bench):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from official_reference import RefHDSRNet
+    from helpers.official_reference import RefHDSRNet
 
     torch.manual_seed(0)
     pt = tmp_path / "HDSRNet_x2.pt"
@@ -87,7 +86,7 @@ def test_eval_checkpoints_official_and_ours_with_options(tmp_path, bench):
     assert "| r1_six_conv (ours) | x2 |" in md and "| HDSRNet (official) (ours) | x2 |" in md
     assert "33.52/0.9170" in md  # published HDSRNet x2 Set14
     # W&B (default logger, offline without a key): one eval run with the tables
-    from test_ops_e2e import wandb_records
+    from helpers.commands import wandb_records
 
     rec = wandb_records(out / "wandb")
     assert rec["run"]["job_type"] == "eval" and rec["exit_code"] == 0
@@ -146,7 +145,7 @@ def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     """Two runs of one variant (same model name) are two rows, each over its own images."""
     from hdsr.cli.evaluate import run_eval
 
-    old = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    old = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
     ckpts = []
     for k, run_name in enumerate(("a", "b")):
         ckpt = torch.load(old, weights_only=True)
@@ -201,7 +200,7 @@ def test_old_checkpoint_scores_exactly_as_hdsr_0_1_0(tmp_path):
     for name in ("astronaut", "chelsea"):
         write_png(root / "Set5" / "HR" / f"{name}.png", np.asarray(getattr(skimage.data, name)()))
     make_benchmark(root, "Set14", 2, gray=(1,), size=(40, 44))
-    ckpt = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    ckpt = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
     sets = "'data.test_sets=[Set5,Set14]'"
     proc = run(f"hdsr-eval ckpt={ckpt} data.benchmark_root={root} {sets} logger=csv", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -217,7 +216,7 @@ def test_eval_under_ddp_scores_each_image_once_as_one_process_does(tmp_path):
     root = tmp_path / "bench"
     make_benchmark(root, "Set5", 3, size=(40, 44))
     make_benchmark(root, "Set14", 1, gray=(0,), size=(36, 40))
-    ckpt = Path(__file__).parent / "data" / "hdsrnet_tiny_x2_v0.1.ckpt"
+    ckpt = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
     cmd = (
         f"hdsr-eval ckpt={ckpt} data.benchmark_root={root} 'data.test_sets=[Set5,Set14]' "
         "logger=csv save_images=true"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ABLATIONS, compose
 from hdsr.cli.overrides import UsageError, expand_group_patterns
 from hdsr.cli.train import ConfigError, check_config
+from helpers.configs import ABLATIONS, compose
 
 MODULE = "hdsr.conf"
 

@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import shutil
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
+from helpers.commands import REPO, read_csv, run
+
 TINY = [
     "data.batch_size=4",
     "data.patch_size=32",
     "data.patches_per_epoch=160",
     "trainer.log_every_n_steps=5",
 ]
-
-
-def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    """Run ``cmd`` through bash, as typed at a prompt, offline and without a W&B key."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120", **env)
-    return subprocess.run(
-        ["bash", "-c", cmd], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
@@ -212,8 +195,7 @@ def test_scale_switches_network_lr_and_metrics(tmp_path, scale):
 
 @pytest.mark.slow
 def test_div2k_and_benchmarks_end_to_end(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from datatrees import make_benchmark, make_div2k
+    from helpers.datatrees import make_benchmark, make_div2k
 
     root = make_div2k(tmp_path / "DIV2K", [1, 2, 801], scales=(2,), size=(64, 80))
     bench = make_benchmark(tmp_path / "benchmark", "Set5", 2, scales=(2,))

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datatrees import make_benchmark, make_div2k, photo
 from hdsr.data import imresize, modcrop
 from hdsr.data.benchmarks import BenchmarkImages
 from hdsr.data.cache import ensure_cached, is_valid, source_record
@@ -19,6 +18,7 @@ from hdsr.data.datasets import TrainPatches
 from hdsr.data.div2k import DIV2KImages
 from hdsr.imaging import ImageReadError, read_image, write_png
 from hdsr.metrics import psnr_y
+from helpers.datatrees import make_benchmark, make_div2k, photo
 
 
 # -- DIV2K -----------------------------------------------------------------------------

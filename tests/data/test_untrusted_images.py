@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datatrees import make_benchmark, make_div2k
 from hdsr.data import cache
 from hdsr.data.benchmarks import BenchmarkImages
 from hdsr.data.div2k import DIV2KImages
 from hdsr.imaging import ImageReadError, read_image
-from imagefiles import random_png16
+from helpers.datatrees import make_benchmark, make_div2k
+from helpers.imagefiles import random_png16
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""Running the commands as a user types them, and reading back what they wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    """Run ``cmd`` through bash, as typed at a prompt, offline and without a W&B key."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120", **env)
+    return subprocess.run(
+        ["bash", "-c", cmd], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wandb_records(wandb_dir: Path) -> dict:
+    """What an offline W&B run recorded, read back through `wandb leet inspect --json`."""
+    (run_dir,) = wandb_dir.glob("offline-run-*")
+    out = subprocess.run(
+        [str(BIN / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    rec: dict = {"history": [], "summary": {}, "exit_code": None, "run": None}
+    for line in out.splitlines():
+        r = json.loads(line)
+        if r["type"] == "run":
+            rec["run"] = r["run"]
+        elif r["type"] == "history":
+            rec["history"].append(r["history"]["item"])
+        elif r["type"] == "summary":
+            rec["summary"].update(r["summary"].get("update", {}))
+        elif r["type"] == "exit":
+            rec["exit_code"] = r["exit"].get("exit_code", 0)
+    return rec
