@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from helpers.datatrees import make_div2k  # noqa: E402
 from hdsr.data.datasets import PatchSampler, TrainPatches, lr_patch_size  # noqa: E402
 from hdsr.data.div2k import DIV2KImages  # noqa: E402
 from hdsr.data.transforms import augment, paired_random_crop, to_tensor_chw  # noqa: E402
 from hdsr.imaging import read_image  # noqa: E402
+from helpers.datatrees import make_div2k  # noqa: E402
 
 
 class PngPerPatch(Dataset):
