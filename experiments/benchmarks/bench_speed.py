@@ -1,6 +1,6 @@
 """Speed of hdsr's HDSRNet against a plain formulation of the authors' released code.
 
-The reference (``tests/official_reference.py``) follows the released model: NCHW, the
+The reference (``tests/helpers/official_reference.py``) follows the released model: NCHW, the
 final 64->3 conv on the HR grid, the view-based grouped dynamic conv, plain Adam. Both
 run the same weights on the same inputs.
 
@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from hdsr.complexity import count_macs  # noqa: E402
 from hdsr.models import load_official  # noqa: E402
 from hdsr.models.official import hdsr_to_official_key  # noqa: E402
-from official_reference import RefHDSRNet  # noqa: E402
+from helpers.official_reference import RefHDSRNet  # noqa: E402
 
 #: the paper's Table VI running times (x4, RTX 3090), milliseconds
 PAPER_TABLE_VI_MS = {256: 14.17, 512: 26.11}
