@@ -20,6 +20,7 @@ has gathered them from every DDP rank, each image counted once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -272,9 +273,8 @@ class _PerImageYMetric(Metric):
         self.add_state("indices", default=[], dist_reduce_fx="cat")
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 
-    @staticmethod
-    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
-        raise NotImplementedError
+    #: the per-image protocol score (:func:`psnr_y` or :func:`ssim_y`), set by each subclass
+    _score: Callable[[np.ndarray, np.ndarray, int], float]
 
     def update(
         self,
@@ -368,9 +368,7 @@ class PSNRY(_PerImageYMetric):
     group's device, e.g. CUDA under NCCL).
     """
 
-    @staticmethod
-    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
-        return psnr_y(sr, hr, crop_border)
+    _score = staticmethod(psnr_y)
 
 
 class SSIMY(_PerImageYMetric):
@@ -379,6 +377,4 @@ class SSIMY(_PerImageYMetric):
     Same arguments, input contract and reduction as :class:`PSNRY`.
     """
 
-    @staticmethod
-    def _score(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
-        return ssim_y(sr, hr, crop_border)
+    _score = staticmethod(ssim_y)
