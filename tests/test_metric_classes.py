@@ -323,3 +323,58 @@ def test_ddp_sync_two_ranks_gloo(tmp_path: Path) -> None:
         assert results[r]["table"]["per_image"] == list(enumerate(table))
         assert results[r]["empty_rank"]["compute"] == psnr_y(*images[0], 2)
         assert results[r]["empty_rank"]["per_image"] == [(0, psnr_y(*images[0], 2))]
+
+
+# --- one averaging rule for every table -----------------------------------------------------
+
+
+def test_results_csv_mean_is_the_logged_metric_bit_for_bit() -> None:
+    """hdsr-eval's results.csv (results.summarize) averages like the logged test metric;
+    numpy's pairwise mean would differ in the last bits for sets of 8 or more images."""
+    from hdsr.results import summarize
+
+    numpy_differs = 0
+    for seed in range(8):
+        scores = random_scores(100, seed)  # B100's size
+        TableScore.TABLE = dict(enumerate(scores))
+        m = TableScore(scale=0)
+        for i in range(100):
+            m.update(table_image(i), table_image(i), i)
+        rows = [
+            {
+                "model": "hdsrnet",
+                "scale": 2,
+                "set": "B100",
+                "image": f"{i}",
+                "psnr_y": s,
+                "ssim_y": s / 100,
+                "bicubic_psnr_y": s - 3,
+                "bicubic_ssim_y": s / 200,
+            }
+            for i, s in enumerate(scores)
+        ]
+        measured = {r["method"]: r for r in summarize(rows, ["B100"]) if r["source"] == "measured"}
+        assert measured["hdsrnet"]["psnr_y"] == float(m.compute())
+        assert measured["hdsrnet"]["images"] == 100
+        numpy_differs += float(np.mean(scores)) != float(m.compute())
+    assert numpy_differs > 0  # the guard: the rule matters on sets of this size
+
+
+def test_bicubic_baseline_mean_is_the_metric_over_its_images() -> None:
+    from hdsr.data.pairs import ImagePair
+    from hdsr.scoring import bicubic_per_image, bicubic_scores, bicubic_sr
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for k in range(14):  # Set14's size
+        hr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        lr = hr[::2, ::2].copy()
+        pairs.append(ImagePair(name=f"img{k}", lr=lr, hr=hr, scale=2))
+    psnr, ssim = PSNRY(scale=2), SSIMY(scale=2)
+    for i, p in enumerate(pairs):
+        sr = bicubic_sr(p.lr, p.hr, 2)
+        psnr.update(sr, p.hr, i)
+        ssim.update(sr, p.hr, i)
+    assert bicubic_scores({"S": pairs}, 2)["S"] == (float(psnr.compute()), float(ssim.compute()))
+    per_image = bicubic_per_image({"S": pairs}, 2)["S"]
+    assert list(per_image) == [p.name for p in pairs]

@@ -20,7 +20,7 @@ has gathered them from every DDP rank, each image counted once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -212,6 +212,18 @@ def sr_like_hr(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
     return sr
 
 
+def mean_over_images(scores: Sequence[float]) -> float:
+    """The mean of per-image scores: their sum in the given order, in Python floats, over n.
+
+    The one rule by which hdsr averages a set: validation and test metrics
+    (:meth:`PSNRY.compute`), ``hdsr-eval``'s ``results.csv`` and the bicubic baseline.
+    The order is the set's (ascending image index), so every path gives the same bits.
+    NaN for no scores.
+    """
+    values = [float(v) for v in scores]
+    return sum(values) / len(values) if values else math.nan
+
+
 def _sr_to_uint8(sr: np.ndarray | torch.Tensor, hr: np.ndarray) -> np.ndarray:
     """The SR image as scored: uint8, channel-last, matched to ``hr`` by :func:`sr_like_hr`.
 
@@ -339,8 +351,7 @@ class _PerImageYMetric(Metric):
         scored the whole set gets. NaN when no image was scored; ``inf`` for PSNR when an
         image is reproduced exactly.
         """
-        scores = [s for _, s in self._distinct()]
-        mean = sum(scores) / len(scores) if scores else math.nan
+        mean = mean_over_images([s for _, s in self._distinct()])
         return torch.tensor(mean, dtype=torch.float64, device=self.device)
 
     def per_image(self) -> list[tuple[int, float]]:

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.metrics import mean_over_images
 from hdsr.published import PUBLISHED
 
 
@@ -42,8 +42,8 @@ def summarize(rows: Sequence[dict[str, Any]], set_names: Sequence[str]) -> list[
                             "scale": scale,
                             "set": name,
                             "source": source,
-                            "psnr_y": float(np.mean([v[pk] for v in vals])),
-                            "ssim_y": float(np.mean([v[sk] for v in vals])),
+                            "psnr_y": mean_over_images([v[pk] for v in vals]),
+                            "ssim_y": mean_over_images([v[sk] for v in vals]),
                             "images": len(vals),
                         }
                     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from hdsr.data.pairs import ImagePair
 from hdsr.imresize import imresize
-from hdsr.metrics import psnr_y, sr_like_hr, ssim_y
+from hdsr.metrics import mean_over_images, psnr_y, sr_like_hr, ssim_y
 
 
 def run_label(path: str | Path) -> str:
@@ -202,6 +202,9 @@ def bicubic_scores(
     """
     out = {}
     for name, per_image in bicubic_per_image(sets, scale).items():
-        arr = np.asarray(list(per_image.values()), dtype=np.float64)
-        out[name] = (float(arr[:, 0].mean()), float(arr[:, 1].mean()))
+        scores = list(per_image.values())
+        out[name] = (
+            mean_over_images([s[0] for s in scores]),
+            mean_over_images([s[1] for s in scores]),
+        )
     return out
