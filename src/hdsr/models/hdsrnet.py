@@ -299,9 +299,13 @@ class HDSRNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.sub_mean(x)
         feats = self.upper(x)
-        if self.lower is None:
+        return self.construct(feats, None if self.lower is None else self.lower(x))
+
+    def construct(self, feats: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
+        """The image from the two nets' maps: ``add_mean(CB(feats * lower))`` (``CB(feats)``
+        without a lower net), float32. Also run on tiles by ``hdsr.tiling``."""
+        if lower is None:
             return self.add_mean(self.tail(feats))
-        lower = self.lower(x)
         if torch.float16 not in (feats.dtype, lower.dtype):
             return self.add_mean(self.tail(feats * lower))
         # float16 (16-mixed autocast, or half weights): the product of the two ReLU maps
