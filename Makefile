@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast lint wheel bench-data bench-speed gpu-check clean
+.PHONY: help venv install dev demo test test-fast lint wheel bench-data bench-speed bench-upscale gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-speed: dev  ## forward and training speed vs the authors' formulation (~14
 	mkdir -p runs; for a in default hdsr retain; do \
 	  $(BIN)/python experiments/benchmarks/bench_speed.py --allocator $$a --json runs/bench_speed_$$a.json \
 	  || exit 1; done
+
+bench-upscale: dev  ## hdsr-upscale wall time and peak RSS: untiled, budget policy, --tile 256 (~5 min)
+	$(BIN)/python experiments/benchmarks/bench_upscale.py --repeats 2
 
 gpu-check: dev  ## on one GPU, <10 min: speed, host syncs per step, compile, cudnn.benchmark, hdsr-eval
 	$(BIN)/python experiments/benchmarks/gpu_check.py

@@ -8,17 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdsr.inference import (
+from hdsr.inference import forward_x8, upscale
+from hdsr.models import HDSRNet
+from hdsr.tiling import (
     DEFAULT_OVERLAP,
     _spans,
-    auto_tile,
     dynamic_convs,
-    forward_x8,
     global_dynamic_means,
     tiled_forward,
-    upscale,
 )
-from hdsr.models import HDSRNet
 
 
 def nearest2(x: torch.Tensor) -> torch.Tensor:
@@ -219,8 +217,3 @@ def test_upscale_low_precision_runs_under_autocast(small_hdsr, precision):
 def test_upscale_rejects_bad_precision(small_hdsr):
     with pytest.raises(ValueError, match="precision"):
         upscale(small_hdsr, rand_image(8, 8), 2, precision="8")
-
-
-def test_auto_tile():
-    assert auto_tile(512, 512) is None
-    assert auto_tile(3000, 4000) is not None and auto_tile(3000, 4000) >= 128

@@ -15,6 +15,9 @@ Steps (``--steps`` picks some; all by default), on generated data in hdsr's layo
               tunes each new shape when on) and the second
   eval        ``hdsr-eval`` of the train step's checkpoint on the GPU (precision 32: TF32
               off; and bf16) against the same on the CPU, on a generated benchmark tree
+  upscale     ``hdsr.inference.upscale`` of a 1024x680 and a 4000x3000 image at x2:
+              untiled, the memory-budget policy and ``tile=256`` (stage-wise): wall
+              time, peak device memory against the policy's estimate, max difference
 
 Then one summary, printed and written to ``runs/gpu_check/gpu_check_<UTC time>.json``
 (the data and runs are in ``runs/gpu_check/<UTC time>/``).
@@ -53,7 +56,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_SPEED = Path(__file__).resolve().parent / "bench_speed.py"
-STEPS = ("bench", "train", "compile", "validation", "eval")
+STEPS = ("bench", "train", "compile", "validation", "eval", "upscale")
 #: exit status when there is no GPU to check
 NO_GPU = 2
 
@@ -551,6 +554,57 @@ def run_eval(plan: Plan, data: dict[str, Path], work: Path, ckpt: str | None) ->
     return out
 
 
+def run_upscale(plan: Plan) -> dict:
+    """``hdsr.inference.upscale`` on the device: untiled, the budget policy and forced
+    stage-wise tiles, on a 1024x680 and a 4000x3000 LR image at x2 (float32): wall time,
+    the device's peak allocated bytes, and the policy's estimate beside them."""
+    import torch
+
+    from hdsr.inference import upscale
+    from hdsr.models import HDSRNet
+
+    cuda = plan.device.startswith("cuda")
+    torch.manual_seed(0)
+    net = HDSRNet(scale=2).eval()
+    sizes = [(24, 40), (48, 72)] if plan.dry else [(680, 1024), (3000, 4000)]
+    variants = (("tile 0", {"tile": 0}), ("default", {}), ("tile 256", {"tile": 256}))
+    upscale(net, torch.rand(1, 3, 32, 32) * 255, 2, device=plan.device, tile=0)  # warm-up
+    runs = []
+    ref = None
+    for h, w in sizes:
+        lr = torch.from_numpy(photo(h, w, 3)).permute(2, 0, 1)[None].float()
+        for name, kw in variants:
+            plans: list = []
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            sr = upscale(net, lr, 2, device=plan.device, on_plan=plans.append, **kw)
+            if cuda:
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() - base if cuda else None
+            if name == "tile 0":
+                ref = sr
+            diff = float((sr - ref).abs().max()) if ref is not None else None
+            how = plans[0]
+            runs.append(
+                {
+                    "size": f"{w}x{h}",
+                    "variant": name,
+                    "path": how.describe(),
+                    "estimate_bytes": how.need,
+                    "peak_bytes": peak,
+                    "wall_s": secs,
+                    "max_diff_vs_untiled": diff,
+                }
+            )
+            del sr
+        ref = None
+    return {"runs": runs}
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -613,6 +667,13 @@ def summary_lines(res: dict) -> list[str]:
             lines.append(f"eval {r['device']} precision={r['precision']}: {state}{note}")
         if "skipped" in e:
             lines.append(f"eval: skipped ({e['skipped']})")
+    for r in (res.get("upscale") or {}).get("runs", []):
+        peak = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r["peak_bytes"] is not None else "-"
+        lines.append(
+            f"upscale {r['size']} {r['variant']:<8} {r['wall_s']:7.2f} s  peak {peak} "
+            f"(estimate {r['estimate_bytes'] / 2**30:.2f} GiB)  max diff "
+            f"{r['max_diff_vs_untiled']:.4f}  {r['path']}"
+        )
     for step, err in res.get("errors", {}).items():
         lines.append(f"{step}: ERROR {err}")
     return lines
@@ -670,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["validation"] = run_validation(plan, data)
             elif step == "eval":
                 res["eval"] = run_eval(plan, data, work, ckpt)
+            elif step == "upscale":
+                res["upscale"] = run_upscale(plan)
         except Exception as err:  # noqa: BLE001 - one failing step must not hide the rest
             res["errors"][step] = f"{type(err).__name__}: {err}"
             traceback.print_exc()

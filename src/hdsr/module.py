@@ -34,6 +34,7 @@ from hdsr.scoring import bicubic_sr
 INFERENCE_DEFAULTS: dict[str, Any] = {
     "tile": None,
     "tile_overlap": DEFAULT_OVERLAP,
+    "max_memory": None,
     "self_ensemble": False,
     "precision": "32",
 }
@@ -59,6 +60,12 @@ class ScoringNet(nn.Module):
             for name, t in (*net.named_parameters(), *net.named_buffers())
             if t.dtype in (torch.bfloat16, torch.float16)
         }
+
+    @property
+    def stagewise_net(self) -> nn.Module | None:
+        """The network ``hdsr.tiling.stagewise_forward`` may run in its place: ``net``
+        when its weights are float32 already (nothing to cast), else None."""
+        return None if self.low else self.net
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -126,10 +133,12 @@ class SRModule(L.LightningModule):
     ``hdsr.inference.upscale`` with the options below (``hdsr-eval``'s), neither of them
     saved in checkpoints:
 
-    * ``inference``: ``tile`` (LR tile side, or None for whole images), ``tile_overlap``,
-      ``self_ensemble`` and ``precision`` ("32", "bf16" or "16" autocast), as ``upscale``
-      takes them; missing ones are :data:`INFERENCE_DEFAULTS`, with which the test step
-      scores what validation scores, to the bit.
+    * ``inference``: ``tile`` (None: by the memory budget, untiled when the image fits;
+      0: never tiled; N: LR tiles of N px), ``tile_overlap``, ``max_memory`` (bytes, None:
+      the default budget), ``self_ensemble`` and ``precision`` ("32", "bf16" or "16"
+      autocast), as ``upscale`` takes them; missing ones are :data:`INFERENCE_DEFAULTS`,
+      with which the test step scores what validation scores, to the bit (whole images
+      that fit the budget).
     * ``image_dir``: where the test step writes each SR image (uint8, as scored), as
       ``<image_dir>/<set>/<name>_x<scale>.png``; None writes nothing.
     """
@@ -219,6 +228,7 @@ class SRModule(L.LightningModule):
                 self.scale,
                 tile=opts["tile"],
                 overlap=opts["tile_overlap"],
+                max_memory=opts["max_memory"],
                 self_ensemble=opts["self_ensemble"],
                 device=lr.device,
                 precision=opts["precision"],

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hdsr.imaging import ImageReadError, high_bit_depth, to_uint8
-from hdsr.inference import auto_tile
 
 #: PIL modes of more than 8 bits per channel, refused.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F", "I;32", "I;32B")
@@ -125,31 +124,35 @@ def upscale_image(
     device: str,
     precision: str,
     global_attention: bool = True,
+    max_memory: int | None = None,
+    on_plan=None,
+    progress=None,
 ) -> Image.Image:
     """Super-resolve one loaded image to an 8-bit PIL image (RGB, L, RGBA or LA).
 
-    ``tile=None`` picks the tile with :func:`hdsr.inference.auto_tile`; ``tile=0`` never
-    tiles.
+    ``tile``, ``max_memory``, ``on_plan`` and ``progress`` are those of
+    :func:`hdsr.inference.upscale` (``tile=None``: the memory budget decides; 0: never
+    tiles).
     """
     import torch
 
     from hdsr.imresize import imresize
     from hdsr.inference import upscale
 
-    h, w = img.rgb.shape[:2]
-    if tile is None:
-        tile = auto_tile(h, w)
     lr = torch.from_numpy(img.rgb).permute(2, 0, 1).unsqueeze(0).float()
     sr = upscale(
         net,
         lr,
         scale,
-        tile=tile or None,
+        tile=tile,
         overlap=overlap,
         self_ensemble=self_ensemble,
         device=device,
         precision=precision,
         global_attention=global_attention,
+        max_memory=max_memory,
+        on_plan=on_plan,
+        progress=progress,
     )
     del lr
     with torch.inference_mode():  # sr is an inference tensor: edit it in place in this mode

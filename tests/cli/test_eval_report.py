@@ -103,7 +103,11 @@ def test_eval_errors_are_clear(tmp_path, bench):
     assert proc.returncode != 0 and "none.pt does not exist" in proc.stderr
     proc = run(f"hdsr-eval ckpt={tmp_path} data.benchmark_root={bench}", tmp_path)
     assert proc.returncode != 0 and f"{tmp_path} is a directory" in proc.stderr
-    for bad, says in (("tile=abc", "tile must be"), ("tile_overlap=-1", "tile_overlap must")):
+    for bad, says in (
+        ("tile=abc", "tile must be"),
+        ("tile_overlap=-1", "tile_overlap must"),
+        ("max_memory=lots", "max_memory: memory size must be"),
+    ):
         cmd = f"hdsr-eval model=bicubic data.scale=2 data.benchmark_root={bench} {bad}"
         proc = run(cmd, tmp_path)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]

@@ -259,3 +259,72 @@ def test_animated_gif_is_upscaled_as_its_first_frame_with_a_notice(tmp_path, tin
     first = np.asarray(Image.open(src).convert("RGB"))
     got = np.asarray(Image.open(out / "anim_x2.png"))
     np.testing.assert_array_equal(got, _expected_rgb(tiny_ckpt, first))
+
+
+def test_memory_budget_picks_the_path_and_says_so(tiny_ckpt, tmp_path, capsys):
+    """Untiled when the pass fits the budget; stage-wise tiles under a smaller one, within a
+    grey level of untiled; each image's path and reason printed once."""
+    img = tmp_path / "p.png"
+    Image.fromarray(_rgb(300, 400, 8)).save(img)
+    base = [str(img), "--ckpt", str(tiny_ckpt), "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "fits"), "--max-memory", "8G"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("p.png: 400x300 -> untiled (needs ~") == 1 and "of a 8.0 GiB budget" in err
+    assert main([*base, "-o", str(tmp_path / "tiled"), "--max-memory", "500M"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("p.png: 400x300 -> stagewise tiles of 256 px") == 1
+    assert "500 MiB budget; untiled needs ~" in err
+    a = np.asarray(Image.open(tmp_path / "fits" / "p_x2.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "tiled" / "p_x2.png")).astype(int)
+    assert a.shape == (600, 800, 3) and np.abs(a - b).max() <= 1
+    assert np.array_equal(a, _expected_rgb(tiny_ckpt, np.asarray(Image.open(img))))
+
+
+def test_budget_too_small_fails_that_image_and_names_the_least(tiny_ckpt, tmp_path, capsys):
+    img = tmp_path / "p.png"
+    Image.fromarray(_rgb(30, 40, 9)).save(img)
+    out = tmp_path / "out"
+    rc = main([str(img), "-o", str(out), "--ckpt", str(tiny_ckpt), "--max-memory", "1M"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert not out.exists() or not any(out.iterdir())
+    assert "1.0 MiB memory budget is too small for a 40x30 image at x2" in err
+    assert "the least it can run in is ~" in err and "--max-memory" in err
+
+
+@pytest.mark.parametrize("value", ["lots", "-2G", "0"])
+def test_bad_max_memory_is_refused_naming_the_option(tiny_ckpt, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["x.png", "-o", str(tmp_path), "--ckpt", str(tiny_ckpt), f"--max-memory={value}"])
+    assert exit_.value.code == 2
+    assert "--max-memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(1, 37), (37, 1), (1, 1)])
+def test_one_pixel_wide_images(tiny_ckpt, tmp_path, shape):
+    img = tmp_path / "thin.png"
+    Image.fromarray(_rgb(*shape, seed=3)).save(img)
+    for name, flags in (("untiled", []), ("tiled", ["--tile", "4"])):
+        assert main([str(img), "-o", str(tmp_path / name), "--ckpt", str(tiny_ckpt), *flags]) == 0
+    a = np.asarray(Image.open(tmp_path / "untiled" / "thin_x2.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "tiled" / "thin_x2.png")).astype(int)
+    assert a.shape == (2 * shape[0], 2 * shape[1], 3) and np.abs(a - b).max() <= 1
+
+
+def test_a_failed_write_is_that_files_failure_and_the_others_go_on(tiny_ckpt, tmp_path, capsys):
+    """Outputs are written in a background thread while the next image runs: a write that
+    fails is reported for its own file, in input order, and the rest are written."""
+    names = ["a.png", "b.png", "c.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(_rgb(10, 12, seed=20 + i)).save(tmp_path / name)
+    out = tmp_path / "out"
+    (out / "b_x2.png").mkdir(parents=True)  # the output's name is taken by a folder
+    rc = main([*(str(tmp_path / n) for n in names), "-o", str(out), "--ckpt", str(tiny_ckpt)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "wrote 2 of 3 image(s)" in err and "1 failed" in err
+    assert f"{tmp_path / 'b.png'}: IsADirectoryError" in err.replace("\n", "")
+    for name in ("a", "c"):
+        got = np.asarray(Image.open(out / f"{name}_x2.png"))
+        want = _expected_rgb(tiny_ckpt, np.asarray(Image.open(tmp_path / f"{name}.png")))
+        assert np.array_equal(got, want)
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "b_x2.png", "c_x2.png"]

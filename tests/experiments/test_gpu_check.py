@@ -89,7 +89,7 @@ def test_cpu_dry_run_runs_every_step(tmp_path):
     (path,) = tmp_path.glob("gpu_check_*.json")
     res = json.loads(path.read_text())
     assert res["mode"] == "cpu dry run" and res["errors"] == {}
-    assert set(res["step_s"]) == {"bench", "train", "compile", "validation", "eval"}
+    assert set(res["step_s"]) == {"bench", "train", "compile", "validation", "eval", "upscale"}
     bench = res["bench"]
     assert bench["status"] == 0 and bench["gpu_train"] and bench["device_loader"]
     train = res["train"]
@@ -109,4 +109,14 @@ def test_cpu_dry_run_runs_every_step(tmp_path):
     assert res["validation"]["shapes"] == 3
     (ev,) = res["eval"]["runs"]
     assert ev["status"] == 0 and len(ev["psnr_y"]) == 3
+    ups = res["upscale"]["runs"]
+    assert [(r["size"], r["variant"]) for r in ups] == [
+        (size, v) for size in ("40x24", "72x48") for v in ("tile 0", "default", "tile 256")
+    ]
+    assert all(r["max_diff_vs_untiled"] < 0.01 and r["estimate_bytes"] > 0 for r in ups)
+    assert [r["path"].split(" (")[0] for r in ups[:3]] == [
+        "untiled",
+        "untiled",
+        "stagewise tiles of 256 px",
+    ]
     assert "== gpu-check summary" in proc.stdout and str(path) in proc.stdout

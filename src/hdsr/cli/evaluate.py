@@ -23,6 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.budget import parse_memory
 from hdsr.results import log_to_wandb, summarize, table_rows, write_outputs
 from hdsr.scoring import distinct_names, per_image_rows, precision_mode, run_label, score_sets
 
@@ -57,6 +58,12 @@ def check_eval_config(cfg: DictConfig) -> None:
     tile = cfg.get("tile")
     if tile is not None and not (_is_int(tile) and tile >= 0):
         raise ConfigError(f"tile must be null or a non-negative integer (LR pixels), got {tile!r}")
+    max_memory = cfg.get("max_memory")
+    if max_memory is not None:
+        try:
+            parse_memory(max_memory)
+        except ValueError as err:
+            raise ConfigError(f"max_memory: {err}") from None
     overlap = cfg.get("tile_overlap")
     if not (_is_int(overlap) and overlap >= 0):
         raise ConfigError(f"tile_overlap must be a non-negative integer, got {overlap!r}")
@@ -163,8 +170,9 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir = Path(cfg.paths.run_dir)
     trainer = trainer_config(cfg)
     inference = {
-        "tile": cfg.tile or None,
+        "tile": cfg.tile,
         "tile_overlap": int(cfg.tile_overlap),
+        "max_memory": None if cfg.get("max_memory") is None else parse_memory(cfg.max_memory),
         "self_ensemble": bool(cfg.self_ensemble),
         "precision": str(cfg.precision),
     }

@@ -1,6 +1,7 @@
 """``hdsr-upscale``: super-resolve image files with a trained checkpoint.
 
-    hdsr-upscale INPUT... -o OUTDIR --ckpt FILE [--tile N] [--overlap N] [--self-ensemble]
+    hdsr-upscale INPUT... -o OUTDIR --ckpt FILE [--max-memory SIZE] [--tile N] [--overlap N]
+                 [--self-ensemble]
                  [--tile-attention global|local] [--device cpu|cuda|auto]
                  [--precision 32|bf16|16]
 
@@ -22,11 +23,13 @@ upscaled as its first frame, with a notice naming the file and its frame count.
 A file that fails writes nothing (the PNG is written under a temporary name and renamed);
 the others still run, the failures are listed at the end and the exit status is 1.
 
-Large images are tiled automatically (``--tile`` not given): images over 512x512 LR pixels
-run in 448-pixel tiles with 32 pixels of overlap, which bounds memory and gives the
-untiled result up to float rounding (``hdsr.inference``; ``--tile-attention local`` skips
-the whole-image statistics pass of the dynamic convs: about 2x faster, not exact). A
-4000x3000 input at x2 (HDSRNet, CPU, 2 cores) peaked at 1.67 GiB RSS and took 8-9 minutes.
+Memory: each image runs untiled when its estimated peak fits the budget (``--max-memory``,
+default 60% of the memory available now, within a cgroup/SLURM limit), else in tiles
+run stage by stage (exact: the dynamic convs use whole-image statistics; about one pass
+of work), else, for the smallest budgets, in overlapping windows (exact, about two
+passes). Which path runs and why is printed once per image (``hdsr.budget``).
+``--tile N`` forces tiles of N LR pixels, ``--tile 0`` never tiles. The next image is
+read and the previous one written in background threads while the network runs.
 """
 
 from __future__ import annotations
@@ -34,11 +37,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from hdsr.budget import BudgetTooSmall, Plan, parse_memory
 from hdsr.imaging import PRECISIONS, ImageReadError
 from hdsr.inference import DEFAULT_OVERLAP
-from hdsr.upscaling import image_files, load_image, output_path, save_atomically, upscale_image
+from hdsr.upscaling import (
+    LoadedImage,
+    image_files,
+    load_image,
+    output_path,
+    save_atomically,
+    upscale_image,
+)
+
+
+def _memory(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--outdir", required=True, type=Path, help="output folder")
     p.add_argument("--ckpt", required=True, help="hdsr-train .ckpt or official HDSRNet_x*.pt")
     p.add_argument(
+        "--max-memory",
+        type=_memory,
+        default=None,
+        metavar="SIZE",
+        help="memory one image's pass may take, e.g. 8G or 512M (default: 60%% of the "
+        "memory available now); images above it are tiled",
+    )
+    p.add_argument(
         "--tile",
         type=int,
         default=None,
-        help="LR tile side in pixels (default: automatic, tiles images over 512x512; "
-        "0: never tile)",
+        help="LR tile side in pixels (default: decided by --max-memory; 0: never tile)",
     )
     p.add_argument(
         "--overlap",
@@ -80,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(glibc; faster on CPU, the resident size stays at its peak; default on)",
     )
     return p
+
+
+def _jobs(files: list[Path], outdir: Path, scale: int) -> list[tuple[Path, Path, Path | None]]:
+    """``(input, output, earlier input with the same output or None)`` per file."""
+    claimed: dict[Path, Path] = {}
+    jobs = []
+    for src in files:
+        dst = output_path(outdir, src, scale)
+        jobs.append((src, dst, claimed.get(dst)))
+        claimed.setdefault(dst, src)
+    return jobs
+
+
+def _load(job: tuple[Path, Path, Path | None]) -> LoadedImage:
+    """Read a job's image (in the I/O thread); refuse an output another input claimed."""
+    src, dst, clash = job
+    if clash is not None:
+        raise ImageReadError(f"{src}: its output {dst.name} would overwrite that of {clash}")
+    return load_image(src)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,29 +177,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     failures: list[tuple[Path, str]] = []
-    claimed: dict[Path, Path] = {}
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    jobs = _jobs(files, args.outdir, s)
+    with (
+        Progress(*columns, console=console) as progress,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="hdsr-upscale-io") as io,
+    ):
         task = progress.add_task("upscaling", total=len(files))
-        for src in files:
+        tiles = progress.add_task("tiles", total=None, visible=False)
+        # the next image is decoded and the last one written while the network runs
+        loads = {0: io.submit(_load, jobs[0])} if jobs else {}
+        saving: tuple[Path, Future] | None = None
+
+        def say(text: str, style: str | None = None) -> None:
+            progress.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+        def finish_save() -> None:
+            nonlocal saving
+            if saving is not None:
+                src, future = saving
+                saving = None
+                try:
+                    future.result()
+                except Exception as err:  # noqa: BLE001 - report it as that file's failure
+                    failures.append((src, f"{src}: {type(err).__name__}: {err}"))
+
+        for i, (src, dst, _) in enumerate(jobs):
+            if i + 1 < len(jobs):
+                loads[i + 1] = io.submit(_load, jobs[i + 1])
             progress.update(task, description=f"upscaling {escape(src.name)}")
-            dst = output_path(args.outdir, src, s)
             try:
-                if dst in claimed:
-                    raise ImageReadError(
-                        f"{src}: its output {dst.name} would overwrite that of {claimed[dst]}"
-                    )
-                claimed[dst] = src
-                img = load_image(src)
+                img = loads.pop(i).result()
                 for note in img.notes:  # printed above the progress bar
-                    progress.console.print(
-                        note, style="yellow", markup=False, highlight=False, soft_wrap=True
-                    )
+                    say(note, "yellow")
+
+                def on_plan(how: Plan, src: Path = src, img: LoadedImage = img) -> None:
+                    h, w = img.rgb.shape[:2]
+                    say(f"{src.name}: {w}x{h} -> {how.describe()}")
+                    progress.update(tiles, completed=0, total=None, visible=how.tile is not None)
+
                 result = upscale_image(
                     img,
                     model.net,
@@ -165,15 +231,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     device=device,
                     precision=args.precision,
                     global_attention=args.tile_attention == "global",
+                    max_memory=args.max_memory,
+                    on_plan=on_plan,
+                    progress=lambda k, n: progress.update(tiles, completed=k, total=n),
                 )
-                save_atomically(result, dst)
-                del img, result
+                del img
+                finish_save()
+                saving = (src, io.submit(save_atomically, result, dst))
+                del result
             except ImageReadError as err:
                 failures.append((src, str(err)))
+            except BudgetTooSmall as err:
+                failures.append((src, f"{src}: {err}"))
             except Exception as err:  # noqa: BLE001 - report and go on with the others
                 failures.append((src, f"{src}: {type(err).__name__}: {err}"))
+            progress.update(tiles, visible=False)
             progress.advance(task)
+        finish_save()
 
+    failures.sort(key=lambda f: files.index(f[0]))
     done = len(files) - len(failures)
     console.print(f"wrote {done} of {len(files)} image(s) to {args.outdir}")
     if failures:
