@@ -1,0 +1,297 @@
+"""``hdsr-export``: ONNX graphs that match PyTorch, fp16, and nothing written on failure.
+
+Randomly initialised networks put out values in the thousands (a trained one stays near
+0..255), where float32 rounding alone reaches 1e-3. The test networks are therefore
+brought to the image scale (their final conv scaled so that no output on the checked
+inputs is more than 220 from the mean grey) and given sharp attention (the attention
+logits scaled up), so that the dynamic convs really mix different kernels for different
+inputs and a graph with frozen attention could not pass.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hdsr.cli import export
+from hdsr.cli.export import check_inputs, main
+from hdsr.models import DynamicConv2d, HDSRNet, hdsr_to_official_key, load_official
+
+# the export extra (in the test extra too); without it only the import error is testable
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+TINY = {
+    "_target_": "hdsr.models.HDSRNet",
+    "scale": 2,
+    "n_feats": 8,
+    "n_blocks": 1,
+    "lower_layers": 2,
+}
+#: the sizes the full-size network is checked on (the default ones take ~4x as long)
+SMALL = ((17, 23), (24, 32), (12, 9))
+ROW = re.compile(r"^(\d+)x(\d+)\s+(natural|noise)\s+(.*)$", re.M)
+
+
+def _image_scale(net: torch.nn.Module, sizes=export.SIZES) -> torch.nn.Module:
+    """Sharp attention, and outputs within about -100..350 on the checked inputs (noise
+    included), like a trained network's, instead of a random one's thousands."""
+    net.eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, DynamicConv2d):
+                m.attention[2].weight.mul_(200.0)
+        mean = net.add_mean.bias.view(1, 3, 1, 1)
+        peak = max((net(torch.from_numpy(lr)) - mean).abs().max() for _, lr in check_inputs(sizes))
+        net.tail.conv.weight.mul_(220.0 / peak)
+    return net
+
+
+def _save_ckpt(path: Path, state: dict, raw: dict | None = None, config: dict = TINY) -> Path:
+    ckpt = {
+        "state_dict": {f"net.{k}": v for k, v in state.items()},
+        "hyper_parameters": {"net_config": config, "scale": config["scale"], "model_name": "t"},
+    }
+    if raw is not None:  # an EMA run: averaged weights in state_dict, trained ones here
+        ckpt["current_model_state"] = {f"net.{k}": v for k, v in raw.items()}
+    torch.save(ckpt, path)
+    return path
+
+
+def _tiny(seed: int) -> HDSRNet:
+    torch.manual_seed(seed)
+    return _image_scale(HDSRNet(**{k: v for k, v in TINY.items() if k != "_target_"}))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, HDSRNet, HDSRNet]:
+    """An EMA checkpoint of a tiny HDSRNet x2: ``(path, ema net, raw net)``."""
+    ema, raw = _tiny(0), _tiny(1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    return _save_ckpt(path, ema.state_dict(), raw.state_dict()), ema, raw
+
+
+def _rows(stdout: str) -> list[tuple[int, int, str, list[float]]]:
+    rows = []
+    for h, w, image, rest in ROW.findall(stdout):
+        cells = rest.split()
+        rows.append((int(h), int(w), image, [float(c) for c in cells if "x" not in c]))
+    return rows
+
+
+def _run(model: Path, lr: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["sr"], {"lr": lr})[0]
+
+
+def _torch(net: torch.nn.Module, lr: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net(torch.from_numpy(lr)).numpy()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".part"))
+
+
+def test_parity_on_three_sizes_photo_and_noise(tiny, tmp_path, capsys):
+    path, ema, _ = tiny
+    out = tmp_path / "tiny.onnx"
+    assert main([str(path), "-o", str(out), "--scale-check"]) == 0
+    stdout = capsys.readouterr().out
+    rows = _rows(stdout)
+    assert [(h, w, img) for h, w, img, _ in rows] == [
+        (h, w, img) for h, w in ((17, 23), (48, 64), (96, 80)) for img in ("natural", "noise")
+    ]
+    assert all(len(d) == 1 and d[0] <= 1e-3 for *_, d in rows), stdout
+    for h, w in ((17, 23), (48, 64), (96, 80)):  # --scale-check: the sr size column
+        assert re.search(rf"^{h}x{w}\s+natural\s+{2 * h}x{2 * w}\s", stdout, re.M)
+    assert "1 dynamic conv(s)" in stdout and "parity ok on 6 inputs" in stdout
+    assert _leftovers(tmp_path) == ["tiny.onnx"]
+
+    model = onnx.load(str(out))
+    (inp,), (outp,) = model.graph.input, model.graph.output
+    assert (inp.name, outp.name) == ("lr", "sr")
+    assert inp.type.tensor_type.elem_type == outp.type.tensor_type.elem_type == 1  # float32
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == [1, 3, "height", "width"]
+    # the dynamic conv's kernel is computed in the graph from the input
+    assert export.graph_dynamic_convs(model) == 1
+
+    # sizes and contents the command did not check, including an odd size and a flat image
+    rng = np.random.default_rng(5)
+    photo = check_inputs()[4][1]  # the 96x80 crop
+    for lr in (
+        rng.uniform(0, 255, (1, 3, 9, 31)).astype(np.float32),
+        np.full((1, 3, 20, 13), 200.0, np.float32),
+        np.ascontiguousarray(photo[:, :, 5:60, 7:50]),
+    ):
+        got, want = _run(out, lr), _torch(ema, lr)
+        assert got.shape == (1, 3, 2 * lr.shape[2], 2 * lr.shape[3])
+        assert np.abs(got - want).max() <= 1e-3
+
+
+def test_attention_differs_between_the_checked_images(tiny):
+    """The check has teeth: the photo and the noise give the dynamic conv different mixes."""
+    _, ema, _ = tiny
+    conv = next(m for m in ema.modules() if isinstance(m, DynamicConv2d))
+    seen = []
+    hook = conv.register_forward_hook(lambda m, args, out: seen.append(m.attention_weights(*args)))
+    for _, lr in check_inputs():
+        _torch(ema, lr)
+    hook.remove()
+    spread = (torch.cat(seen).max(0).values - torch.cat(seen).min(0).values).max()
+    assert spread > 0.2
+
+
+def test_frozen_attention_is_refused_and_nothing_written(tiny, tmp_path, monkeypatch, capsys):
+    path, _, _ = tiny
+    frozen = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    monkeypatch.setattr(export.BatchOneDynamicConv2d, "attention_weights", lambda self, x: frozen)
+    out = tmp_path / "frozen.onnx"
+    assert main([str(path), "-o", str(out)]) == 1
+    assert "0 of 1 dynamic convs" in capsys.readouterr().err  # the structural check
+    # and were that check fooled, the parity check on the six inputs would still fail
+    monkeypatch.setattr(export, "graph_dynamic_convs", lambda model: 1)
+    assert main([str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "fp32 parity failed" in err and "a wrong graph" in err
+    assert _leftovers(tmp_path) == []
+
+
+def test_raw_weights_and_fp16(tiny, tmp_path, capsys):
+    path, ema, raw = tiny
+    out = tmp_path / "raw16.onnx"
+    assert main([str(path), "-o", str(out), "--weights", "raw", "--fp16"]) == 0
+    stdout = capsys.readouterr().out
+    rows = _rows(stdout)
+    assert len(rows) == 6 and all(len(d) == 2 for *_, d in rows)
+    assert all(d[0] <= 1e-3 for *_, d in rows)  # the fp32 graph of the same network
+    fp16 = float(re.search(r"fp16 graph max abs diff (\S+)", stdout).group(1))
+    assert fp16 == max(d[1] for *_, d in rows)
+    print(f"tiny x2, fp16 graph vs PyTorch fp32: max abs diff {fp16} (0..255 scale)")
+    assert 0 < fp16 < 5  # reported, not bounded by the command; float16-sized here
+
+    model = onnx.load(str(out))
+    types = {init.data_type for init in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    lr = check_inputs()[2][1]
+    got = _run(out, lr)
+    # the trained (raw) weights, not the averaged ones
+    assert np.abs(got - _torch(raw, lr)).max() < 5
+    assert np.abs(got - _torch(ema, lr)).max() > 20
+    assert _leftovers(tmp_path) == ["raw16.onnx"]
+
+
+def test_full_size_x2_in_the_authors_format(tmp_path, capsys):
+    """The released HDSRNet x2 (64 features, 5 blocks, 16 lower layers) from a ``.pt``."""
+    torch.manual_seed(0)
+    net = _image_scale(HDSRNet(scale=2), SMALL)
+    state = {}
+    for key, value in net.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] > 64:
+            value = value.view(value.shape[0], 64, 64, 3, 3)  # released kernel layout
+        state[hdsr_to_official_key(key)] = value
+    pt = tmp_path / "HDSRNet_x2.pt"
+    torch.save(state, pt)
+    assert torch.equal(load_official(pt, 2).tail.conv.weight, net.tail.conv.weight)
+
+    out = tmp_path / "x2.onnx"
+    sizes = ",".join(f"{h}x{w}" for h, w in SMALL)
+    assert main([str(pt), "-o", str(out), "--fp16", "--scale-check", "--sizes", sizes]) == 0
+    stdout = capsys.readouterr().out
+    assert "HDSRNet (official) x2 (1,818,496 parameters, released weights)" in stdout
+    assert "5 dynamic conv(s)" in stdout
+    rows = _rows(stdout)
+    assert [(h, w) for h, w, *_ in rows] == [s for s in SMALL for _ in "ab"]
+    assert all(d[0] <= 1e-3 for *_, d in rows), stdout
+    fp16 = float(re.search(r"fp16 graph max abs diff (\S+)", stdout).group(1))
+    print(f"full x2, fp16 graph vs PyTorch fp32: max abs diff {fp16} (0..255 scale)")
+    assert np.isfinite(fp16)
+    assert _leftovers(tmp_path) == ["x2.onnx"]
+
+
+def test_failed_parity_leaves_no_file_and_keeps_an_old_one(tiny, tmp_path, monkeypatch, capsys):
+    path, _, _ = tiny
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    real = export.onnx_forward
+    monkeypatch.setattr(export, "onnx_forward", lambda s, lr: real(s, lr) + 0.01)
+    assert main([str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "fp32 parity failed: max abs diff 0.01" in err and "nothing written" in err
+    assert out.read_bytes() == b"an earlier export"
+    assert _leftovers(tmp_path) == ["model.onnx"]
+
+    # a tolerance the float32 rounding cannot meet fails the same way
+    monkeypatch.setattr(export, "onnx_forward", real)
+    assert main([str(path), "-o", str(tmp_path / "tight.onnx"), "--tolerance", "1e-12"]) == 1
+    assert "fp32 parity failed" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == ["model.onnx"]
+
+
+def test_failed_export_leaves_no_partial_file(tiny, tmp_path, monkeypatch, capsys):
+    path, _, _ = tiny
+    real = export.write_onnx
+
+    def half_written(module, tmp, opset):
+        real(module, tmp, opset)
+        Path(tmp).write_bytes(Path(tmp).read_bytes()[:1000])  # cut short
+
+    monkeypatch.setattr(export, "write_onnx", half_written)
+    assert main([str(path), "-o", str(tmp_path / "m.onnx")]) == 1
+    assert "the fp32 export failed" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("module", ["onnxruntime", "onnx"])
+def test_missing_export_extra(tiny, tmp_path, monkeypatch, capsys, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    assert main([str(tiny[0]), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'hdsr[export]'" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+def test_bad_arguments_and_checkpoints(tiny, tmp_path, capsys):
+    good = str(tiny[0])
+    out = str(tmp_path / "m.onnx")
+
+    def fails(argv: list[str], *needles: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        for needle in needles:
+            assert needle in err, err
+
+    fails([str(tmp_path / "nope.ckpt"), "-o", out], "nope.ckpt", "does not exist")
+    fails([str(tmp_path), "-o", out], "is a directory")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    fails([str(junk), "-o", out], "junk.ckpt", "refused")
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(tiny[0].read_bytes()[:5000])
+    fails([str(cut), "-o", out], "cut.ckpt", "not a readable PyTorch checkpoint")
+    alien = _save_ckpt(tmp_path / "alien.ckpt", {}, config={"_target_": "os.system", "scale": 2})
+    fails([str(alien), "-o", out], "alien.ckpt", "os.system", "refusing to build it")
+    wrong = _save_ckpt(tmp_path / "wrong.ckpt", {"upper.head.conv.weight": torch.zeros(1)})
+    fails([str(wrong), "-o", out], "cannot rebuild a network from", "wrong.ckpt")
+    odd = tmp_path / "odd.pt"
+    torch.save({"some.weight": torch.zeros(2)}, odd)
+    fails([str(odd), "-o", out], "odd.pt", "not an HDSRNet checkpoint")
+    bicubic = {"_target_": "hdsr.models.bicubic.BicubicUpsampler", "scale": 2}
+    bic = _save_ckpt(tmp_path / "bicubic.ckpt", {}, config=bicubic)
+    fails([str(bic), "-o", out], "BicubicUpsampler, not an HDSRNet")
+    fails([good, "-o", out, "--opset", "11"], "--opset 11 is not supported", "12..")
+    fails([good, "-o", out, "--opset", "99"], "--opset 99 is not supported")
+    fails([good, "-o", str(tmp_path / "no" / "m.onnx")], "output folder", "does not exist")
+    fails([good, "-o", str(tmp_path)], "is a directory")
+    fails([good, "-o", out, "--tolerance", "0"], "--tolerance must be > 0")
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        main([good, "-o", out, "--sizes", "17x23,64"])
+    assert exit_.value.code == 2 and "'64' is not a size HxW" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
