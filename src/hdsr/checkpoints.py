@@ -56,11 +56,21 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
 
 
-def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> LoadedModel:
+#: which weights of a checkpoint :func:`load_model` loads
+WEIGHTS = ("ema", "raw")
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: str = "cpu", weights: str = "ema"
+) -> LoadedModel:
     """Rebuild the network of ``path``.
 
     * A Lightning ``.ckpt`` written by ``hdsr-train``: the network is rebuilt from the
       config stored in the checkpoint (``net_config``) and its weights loaded strictly.
+      A run with EMA (``ema.decay``) keeps the averaged weights in ``state_dict`` and the
+      trained ones in ``current_model_state`` (Lightning's ``WeightAveraging`` layout):
+      ``weights="ema"`` (default) loads the averaged ones, ``"raw"`` the trained ones; a
+      checkpoint without EMA has one set, loaded either way.
     * Anything else is read as the authors' released format (``HDSRNet_x{2,3,4}.pt``),
       the scale taken from the upsampler, through ``hdsr.models.load_official``.
     """
@@ -72,17 +82,22 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> Loade
         raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     ckpt = read_checkpoint(path, map_location)
     if isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt:
         hp = ckpt["hyper_parameters"]
         if not isinstance(hp, dict) or not hp.get("net_config"):
             raise ValueError(f"{path}: the checkpoint has no net_config to rebuild its network")
         net = build_network(hp["net_config"], str(path), "hyper_parameters.net_config")
-        if not isinstance(ckpt["state_dict"], dict):
-            raise ValueError(f"{path}: its state_dict is not a mapping of tensors")
-        state = {
-            k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
-        }
+        key = (
+            "current_model_state"
+            if weights == "raw" and "current_model_state" in ckpt
+            else "state_dict"
+        )
+        if not isinstance(ckpt[key], dict):
+            raise ValueError(f"{path}: its {key} is not a mapping of tensors")
+        state = {k.removeprefix("net."): v for k, v in ckpt[key].items() if k.startswith("net.")}
         net.load_state_dict(state, strict=True)
         name = hp.get("model_name") or path.stem
         return LoadedModel(net.eval(), int(hp["scale"]), str(name), str(path))

@@ -48,7 +48,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> li
     """The callbacks of ``cfg.callbacks``, in order, each built by ``instantiate``.
 
     Left out: an entry that is null; one whose ``every_n_train_steps`` is null or 0
-    (``checkpoint.every_n_train_steps=null``: last.ckpt per epoch only); the learning
+    (``checkpoint.every_n_train_steps=null``: last.ckpt per epoch only); the EMA while
+    ``ema.decay`` is null; the learning
     rate monitor without a logger and progress bars when the Trainer shows none (both of
     which Lightning refuses).
     """
@@ -59,6 +60,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> li
     for spec in (cfg.get("callbacks") or {}).values():
         if spec is None or ("every_n_train_steps" in spec and not spec.every_n_train_steps):
             continue
+        if spec.get("_target_") == "hdsr.ema.EMA" and spec.get("decay") is None:
+            continue  # EMA off
         callback = instantiate(spec)
         if isinstance(callback, LearningRateMonitor) and not has_logger:
             continue

@@ -107,6 +107,7 @@ def test_eval_errors_are_clear(tmp_path, bench):
         ("tile=abc", "tile must be"),
         ("tile_overlap=-1", "tile_overlap must"),
         ("max_memory=lots", "max_memory: memory size must be"),
+        ("weights=best", "weights must be ema or raw"),
     ):
         cmd = f"hdsr-eval model=bicubic data.scale=2 data.benchmark_root={bench} {bad}"
         proc = run(cmd, tmp_path)

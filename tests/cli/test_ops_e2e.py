@@ -129,8 +129,11 @@ EVERY_STEP = "checkpoint.every_n_train_steps=1"
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The last checkpoint's weights (with EMA: the average's and the trained ones', keys
+    prefixed ``raw:``) and its step."""
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return ckpt["state_dict"], ckpt["global_step"]
+    raw = {f"raw:{k}": v for k, v in ckpt.get("current_model_state", {}).items()}
+    return {**ckpt["state_dict"], **raw}, ckpt["global_step"]
 
 
 def test_rerun_resumes_and_resume_false_or_ckpt_path(tmp_path):
@@ -190,10 +193,16 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killed_run_checkpoints_exits_nonzero_and_resumes_exactly(tmp_path, sig):
+@pytest.mark.parametrize(
+    ("sig", "ema"),
+    [(signal.SIGTERM, ""), (signal.SIGINT, ""), (signal.SIGTERM, "ema.decay=0.9")],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-ema"],
+)
+def test_killed_run_checkpoints_exits_nonzero_and_resumes_exactly(tmp_path, sig, ema):
+    """Stopped by a signal and resumed, the run ends bitwise where the uninterrupted one
+    does; with EMA both weight sets do (the average and the trained weights)."""
     steps = 60  # 7.5 epochs of 8 steps
-    cmd = f"hdsr-train trainer.max_steps={steps} {RESUME}"
+    cmd = f"hdsr-train trainer.max_steps={steps} {RESUME} {ema}"
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     ref_dir.mkdir(), cut_dir.mkdir()
     ref = run(cmd, ref_dir)
@@ -212,8 +221,11 @@ def test_killed_run_checkpoints_exits_nonzero_and_resumes_exactly(tmp_path, sig)
     got, got_step = final_weights(cut_dir / "runs" / "hdsrnet_x2_s0")
     want, want_step = final_weights(ref_dir / "runs" / "hdsrnet_x2_s0")
     assert got_step == want_step == steps
+    assert set(got) == set(want) and any(k.startswith("raw:") for k in want) == bool(ema)
     for key in want:
         assert torch.equal(got[key], want[key]), key  # bitwise the uninterrupted run
+    if ema:  # the two sets differ: the average is not the trained weights
+        assert any(not torch.equal(want[k], want[f"raw:{k}"]) for k in want if "raw:" not in k)
 
 
 def test_slurm_pre_timeout_signal_checkpoints_and_requeues(tmp_path):
@@ -326,3 +338,26 @@ def test_more_ranks_than_validation_images_score_each_image_once(tmp_path, ranks
     bicubic = [r["bicubic/psnr_y/demo"] for r in read_csv(csv_dir / "version_1" / "metrics.csv")]
     expected = {1: "31.69", 2: "33.45"}[len(images)]  # MATLAB fixture: each image once
     assert any(b.startswith(expected) for b in bicubic if b), bicubic
+
+
+def test_ddp_ranks_hold_identical_ema_weights(tmp_path):
+    """trainer=ddp_sim with ema.decay: each rank averages its replica; the averages agree
+    bitwise, and the checkpoint holds that average."""
+    out = tmp_path / "ranks"
+    cmd = (
+        "hdsr-train trainer=ddp_sim trainer.max_steps=3 trainer.limit_val_batches=1 logger=csv "
+        "data.patches_per_epoch=8 data.batch_size=2 data.patch_size=32 ema.decay=0.5 "
+        f"+callbacks.per_rank._target_=helpers.ddp_checks.SaveEMAPerRank "
+        f"+callbacks.per_rank.out_dir={out}"
+    )
+    proc = run(cmd, tmp_path, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(out / f"ema_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    ckpt = torch.load(
+        tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert all(torch.equal(ckpt["state_dict"][k], ranks[0][k]) for k in ckpt["state_dict"])
+    raw = ckpt["current_model_state"]
+    assert any(not torch.equal(raw[k], ranks[0][k]) for k in raw)

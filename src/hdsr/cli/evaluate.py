@@ -64,6 +64,8 @@ def check_eval_config(cfg: DictConfig) -> None:
             parse_memory(max_memory)
         except ValueError as err:
             raise ConfigError(f"max_memory: {err}") from None
+    if str(cfg.get("weights", "ema")) not in ("ema", "raw"):
+        raise ConfigError(f"weights must be ema or raw, got {cfg.get('weights')!r}")
     overlap = cfg.get("tile_overlap")
     if not (_is_int(overlap) and overlap >= 0):
         raise ConfigError(f"tile_overlap must be a non-negative integer, got {overlap!r}")
@@ -154,7 +156,7 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     one_line_each()  # Lightning's log lines once (Hydra's console and log file), no tips
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
-    models: list[LoadedModel] = [load_model(c) for c in ckpts]
+    models: list[LoadedModel] = [load_model(c, weights=str(cfg.weights)) for c in ckpts]
     distinct_names(models)
     if cfg.get("model") is not None:
         scale = cfg.data.scale

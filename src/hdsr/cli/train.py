@@ -52,6 +52,14 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+    from hdsr.ema import check_ema
+
+    try:
+        check_ema(
+            OmegaConf.select(cfg, "ema.decay"), OmegaConf.select(cfg, "ema.start_step", default=0)
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     every = OmegaConf.select(cfg, "stop.check_every_n_steps", default=10)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"stop.check_every_n_steps must be a positive integer, got {every!r}")

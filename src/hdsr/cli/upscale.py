@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dynamic convs in tiles mix their kernels from whole-image statistics (global, "
         "exact; default) or from each tile's own (local, ~2x faster, approximate)",
     )
+    p.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default="ema",
+        help="of a checkpoint trained with EMA (ema.decay): the average (default) or the "
+        "trained weights; other checkpoints hold one set",
+    )
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips (8x slower)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="32")
@@ -163,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"hdsr-upscale: device {args.device}: {err}", style="red", markup=False)
         return 2
     try:
-        model = load_model(args.ckpt)
+        model = load_model(args.ckpt, weights=args.weights)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         console.print(f"hdsr-upscale: cannot load {args.ckpt}: {err}", style="red", markup=False)
         return 2

@@ -1,0 +1,99 @@
+"""EMA of the weights (``ema.decay``), on Lightning's own ``EMAWeightAveraging``.
+
+Lightning's callback keeps an exponential moving average of every parameter and buffer
+(``ema = decay * ema + (1 - decay) * w`` after each optimizer step from ``start_step`` on;
+the first update copies the weights), swaps it in for every validation (so validation,
+the best checkpoint and the final table score it), and writes both sets into
+checkpoints: ``state_dict`` holds the averaged weights, ``current_model_state`` the
+trained ones, and resuming restores both. hdsr adds:
+
+* the trained weights stay in the model when training ends. Lightning's callback copies
+  the average into the model in ``on_train_end``, which runs before ``ModelCheckpoint``'s
+  final save of ``last.ckpt`` (and after ``GracefulStop``'s on a signal, to the same
+  file): that ``last.ckpt`` would hold the average as both sets, and a run resumed from
+  it would go on from the average instead of the trained weights, not bitwise the run
+  that was never stopped. The point of the copy (the model scores the average after
+  ``fit``) is kept by the swap, which also covers a ``trainer.validate`` after ``fit``;
+* the options checked with messages that name the key (``ema.decay`` in (0, 1),
+  ``ema.start_step`` >= 0);
+* the trained weights' PSNR on the first validation set, logged beside the averaged
+  ones' as ``val/psnr_y_raw/<set>``, so the gain of the average is visible;
+* readers pick a set: ``hdsr.checkpoints.load_model(..., weights="ema"|"raw")``, used by
+  ``hdsr-eval weights=raw`` and ``hdsr-upscale --weights raw`` (EMA by default).
+
+Every DDP rank averages its own replica of the same weights, so the averages agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+from hdsr.metrics import PSNRY
+
+
+def check_ema(decay: Any, start_step: Any) -> None:
+    """Raise ``ValueError`` naming the key unless ``decay`` is None or in (0, 1) and
+    ``start_step`` a non-negative integer."""
+    if decay is not None and (
+        isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1
+    ):
+        raise ValueError(
+            f"ema.decay must be null (off) or a number in (0, 1), e.g. 0.999; got {decay!r}"
+        )
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"ema.start_step must be an integer >= 0, got {start_step!r}")
+
+
+class EMA(EMAWeightAveraging):
+    """``EMAWeightAveraging`` with checked options and the trained weights' PSNR.
+
+    Args:
+        decay: the average's decay per optimizer step, in (0, 1).
+        start_step: the first optimizer step (0-based) that updates the average.
+        raw_metric_set: the validation set (its name) on which the trained weights are
+            scored too (``val/psnr_y_raw/<set>``); None scores nothing extra.
+    """
+
+    def __init__(self, decay: float, start_step: int = 0, raw_metric_set: str | None = None):
+        check_ema(decay, start_step)
+        super().__init__(decay=float(decay), update_starting_at_step=int(start_step))
+        self.decay = float(decay)
+        self.raw_metric_set = raw_metric_set
+        self._raw_psnr: PSNRY | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the trained weights in the model (see the module's docstring)."""
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)  # the average goes in
+        self._raw_psnr = None
+        if self.raw_metric_set is not None and self._average_model is not None:
+            self._raw_psnr = PSNRY(int(pl_module.scale)).to(pl_module.device)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._raw_psnr is None or self._average_model is None:
+            return
+        if pl_module.val_set_names[dataloader_idx] != self.raw_metric_set:
+            return
+        # during validation the averaged copy holds the trained weights (they are swapped)
+        raw = self._average_model.module
+        sr = raw.predict_fp32(batch["lr"])
+        self._raw_psnr.update(sr, batch["hr"].cpu().numpy(), int(batch["index"]))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._raw_psnr is not None and self._raw_psnr.per_image():
+            value = float(self._raw_psnr.compute())
+            pl_module.log(f"val/psnr_y_raw/{self.raw_metric_set}", value, add_dataloader_idx=False)
+        self._raw_psnr = None
+        super().on_validation_epoch_end(trainer, pl_module)  # the trained weights go back
