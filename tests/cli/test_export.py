@@ -236,6 +236,23 @@ def test_failed_parity_leaves_no_file_and_keeps_an_old_one(tiny, tmp_path, monke
     assert _leftovers(tmp_path) == ["model.onnx"]
 
 
+def test_rounding_beyond_the_default_tolerance_is_accepted_not_a_given_one(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """A trained network's large intermediate values can put PyTorch's own float32 output
+    more than 1e-3 from exact: the default check then accepts a graph that is no further
+    from a float64 run than PyTorch is; an explicit --tolerance is a hard bound."""
+    path, _, _ = tiny
+    monkeypatch.setattr(export, "TOLERANCE", 1e-12)  # every gap is over the default now
+    assert main([str(path), "-o", str(tmp_path / "ok.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "accepted: against a float64 run" in out and "as close to exact as PyTorch" in out
+    assert (tmp_path / "ok.onnx").is_file()
+    monkeypatch.setattr(export, "rounding_note", lambda *a: ("a wrong graph", False))
+    assert main([str(path), "-o", str(tmp_path / "bad.onnx")]) == 1
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_failed_export_leaves_no_partial_file(tiny, tmp_path, monkeypatch, capsys):
     path, _, _ = tiny
     real = export.write_onnx
