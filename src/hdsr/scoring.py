@@ -200,9 +200,16 @@ def bicubic_scores(
 
     Each image's score is computed on its own and the scores are averaged over the set.
     """
+    return set_means(bicubic_per_image(sets, scale))
+
+
+def set_means(
+    per_image: Mapping[str, Mapping[str, tuple[float, float]]],
+) -> dict[str, tuple[float, float]]:
+    """Mean (PSNR, SSIM) of each set of ``{set: {image: (PSNR, SSIM)}}`` (``mean_over_images``)."""
     out = {}
-    for name, per_image in bicubic_per_image(sets, scale).items():
-        scores = list(per_image.values())
+    for name, images in per_image.items():
+        scores = list(images.values())
         out[name] = (
             mean_over_images([s[0] for s in scores]),
             mean_over_images([s[1] for s in scores]),

@@ -161,6 +161,30 @@ def final_rows(
     return rows
 
 
+def image_rows(
+    image_scores: Mapping[str, Sequence[tuple[int, str, float, float]]],
+    bicubic: Mapping[str, Mapping[str, tuple[float, float]]],
+) -> list[dict[str, Any]]:
+    """Rows of the per-image table: set, image, the model's PSNR/SSIM (``SRModule``'s
+    ``image_scores`` of the final validation), bicubic's PSNR of the image and the gain
+    over it (``delta_psnr_y`` = psnr_y - bicubic_psnr_y), set by set, images in order."""
+    rows = []
+    for set_name, images in image_scores.items():
+        for _, image, psnr, ssim in images:
+            b_psnr = bicubic.get(set_name, {}).get(image, (float("nan"),))[0]
+            rows.append(
+                {
+                    "set": set_name,
+                    "image": image,
+                    "psnr_y": psnr,
+                    "ssim_y": ssim,
+                    "bicubic_psnr_y": b_psnr,
+                    "delta_psnr_y": psnr - b_psnr,
+                }
+            )
+    return rows
+
+
 def report(
     cfg: DictConfig,
     trainer: Any,
@@ -170,10 +194,18 @@ def report(
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """Score bicubic on the images the model was scored on (``trainer.limit_val_batches``),
-    log it and the final table, print the table and the run's files; return them."""
-    from hdsr.loggers import log_final_table, wandb_logger, wandb_mode
+    log it, the final table and the per-image table (and, with ``logger.wandb.log_model``,
+    upload best.ckpt and last.ckpt to W&B), print the table and the run's files; return
+    them."""
+    from hdsr.loggers import (
+        log_checkpoints,
+        log_final_table,
+        log_image_table,
+        wandb_logger,
+        wandb_mode,
+    )
     from hdsr.results import final_table
-    from hdsr.scoring import bicubic_scores
+    from hdsr.scoring import bicubic_per_image, set_means
 
     run_dir = Path(cfg.paths.run_dir).resolve()
     scored = {n: set(names) for n, names in module.scored_images.items()}
@@ -181,7 +213,8 @@ def report(
         n: [p for p in pairs if p.name in scored.get(n, ())]
         for n, pairs in datamodule.val_pairs.items()
     }
-    bicubic = bicubic_scores({n: p for n, p in val_pairs.items() if p}, cfg.data.scale)
+    bicubic_images = bicubic_per_image({n: p for n, p in val_pairs.items() if p}, cfg.data.scale)
+    bicubic = set_means(bicubic_images)
     bicubic_log = {}
     for name, (psnr, ssim) in bicubic.items():
         bicubic_log[f"bicubic/psnr_y/{name}"] = psnr
@@ -190,6 +223,9 @@ def report(
         logger.log_metrics(bicubic_log, step=trainer.global_step)
         logger.save()  # the CSV logger writes buffered rows only on save
     log_final_table(list(loggers), final_rows(cfg.model.name, metrics, bicubic))
+    log_image_table(list(loggers), image_rows(module.image_scores, bicubic_images))
+    if cfg.logger.get("wandb", {}).get("log_model", False):
+        log_checkpoints(list(loggers), trainer.callbacks, str(cfg.model.name), cfg.data.scale)
     wb = wandb_logger(list(loggers))
     wandb_run = wb.experiment if wb is not None else None
     csv_dir = next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)

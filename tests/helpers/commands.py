@@ -28,8 +28,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def wandb_records(wandb_dir: Path) -> dict:
-    """What an offline W&B run recorded, read back through `wandb leet inspect --json`."""
-    (run_dir,) = wandb_dir.glob("offline-run-*")
+    """What an offline W&B run recorded, read back through `wandb leet inspect --json`.
+
+    ``wandb_dir``: a run's ``wandb`` folder holding one offline run, or an ``offline-run-*``
+    folder. ``metrics``: the define_metric records; ``artifacts``: the logged artifacts.
+    """
+    if wandb_dir.name.startswith("offline-run-"):
+        run_dir = wandb_dir
+    else:
+        (run_dir,) = wandb_dir.glob("offline-run-*")
     out = subprocess.run(
         [str(BIN / "wandb"), "leet", "inspect", "--json", str(run_dir)],
         capture_output=True,
@@ -37,7 +44,14 @@ def wandb_records(wandb_dir: Path) -> dict:
         check=True,
         timeout=120,
     ).stdout
-    rec: dict = {"history": [], "summary": {}, "exit_code": None, "run": None}
+    rec: dict = {
+        "history": [],
+        "summary": {},
+        "exit_code": None,
+        "run": None,
+        "metrics": [],
+        "artifacts": [],
+    }
     for line in out.splitlines():
         r = json.loads(line)
         if r["type"] == "run":
@@ -46,6 +60,10 @@ def wandb_records(wandb_dir: Path) -> dict:
             rec["history"].append(r["history"]["item"])
         elif r["type"] == "summary":
             rec["summary"].update(r["summary"].get("update", {}))
+        elif r["type"] == "metric":
+            rec["metrics"].append(r["metric"])
+        elif r["type"] == "artifact":
+            rec["artifacts"].append(r["artifact"])
         elif r["type"] == "exit":
             rec["exit_code"] = r["exit"].get("exit_code", 0)
     return rec

@@ -194,7 +194,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     module = training.build_module(cfg, datamodule)  # net, optimizer and scheduler
     resuming, group = ckpt_path is not None, sweep_group(cfg)
-    loggers = build_loggers(cfg, run_dir, resuming, group, rank_zero=rank_zero)
+    loggers = build_loggers(
+        cfg, run_dir, resuming, group, rank_zero=rank_zero, val_sets=datamodule.val_set_names
+    )
     trainer = training.build_trainer(cfg, run_dir, loggers)  # with cfg.callbacks
     if ckpt_path and trainer.is_global_zero:
         print(f"resuming from {ckpt_path}")
