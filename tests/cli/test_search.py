@@ -15,7 +15,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from hdsr.cli import search  # noqa: E402
+from hdsr import search  # noqa: E402
+from hdsr.cli.search import main as search_main  # noqa: E402
 from helpers.commands import BIN  # noqa: E402
 
 #: tiny trials on the demo data (as in test_train_e2e.py): seconds each, most of it imports
@@ -88,7 +89,7 @@ def test_three_trial_search_on_the_demo_data(tmp_path, monkeypatch, capsys):
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     space = space_file(tmp_path, pruner="{kind: median, n_startup_trials: 1, n_warmup_steps: 0}")
-    assert search.main([str(space), "--trials", "3", "--", *TINY]) == 0
+    assert search_main([str(space), "--trials", "3", "--", *TINY]) == 0
     out = capsys.readouterr().out
     study = load(tmp_path / "runs" / "search" / "tiny" / "study.journal")
     trials = study.get_trials()
@@ -120,7 +121,7 @@ def test_three_trial_search_on_the_demo_data(tmp_path, monkeypatch, capsys):
     assert "run_name" not in command and "search_trial" not in command
 
     # run again: the study has its 3 trials, nothing new runs
-    assert search.main([str(space), "--trials", "3", "--", *TINY]) == 0
+    assert search_main([str(space), "--trials", "3", "--", *TINY]) == 0
     assert "loaded (3 trials so far)" in capsys.readouterr().out
     assert len(load(tmp_path / "runs" / "search" / "tiny" / "study.journal").trials) == 3
 
@@ -361,7 +362,7 @@ params:
 )
 def test_bad_search_spaces_exit_2_naming_the_key(tmp_path, capsys, text, named):
     space = write_space(tmp_path / "bad.yaml", text)
-    assert search.main([str(space), "--storage", str(tmp_path / "s.journal")]) == 2
+    assert search_main([str(space), "--storage", str(tmp_path / "s.journal")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hdsr-search: error: ") and str(space) in err
     for part in named:
@@ -381,7 +382,7 @@ def test_bad_command_lines_exit_2(tmp_path, capsys):
         ([str(space), "seed=1"], "after --"),
         ([str(tmp_path / "missing.yaml")], "no such search space file"),
     ):
-        assert search.main(argv) == 2, argv
+        assert search_main(argv) == 2, argv
         assert named in capsys.readouterr().err, argv
 
 
@@ -426,5 +427,5 @@ def test_requeued_and_surplus_trials_do_not_count_toward_the_target():
 def test_without_optuna_the_error_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
     space = write_space(tmp_path / "ok.yaml", GOOD_PARAMS)
-    assert search.main([str(space)]) == 1
+    assert search_main([str(space)]) == 1
     assert "pip install 'hdsr[search]'" in capsys.readouterr().err
