@@ -103,7 +103,7 @@ def define_metrics(run: Any, val_sets: Iterable[str]) -> None:
     """
     step = "trainer/global_step"
     for name in val_sets:
-        for metric in ("psnr_y", "ssim_y"):
+        for metric in ("psnr_y", "ssim_y", "psnr_y_raw"):  # psnr_y_raw: EMA runs' trained weights
             run.define_metric(f"val/{metric}/{name}", step_metric=step, summary="max")
     run.define_metric("train/loss", step_metric=step, summary="min")
 

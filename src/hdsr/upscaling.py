@@ -8,13 +8,14 @@ are written under a temporary name and renamed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hdsr.budget import Plan
 from hdsr.imaging import ImageReadError, high_bit_depth, to_uint8
 
 #: PIL modes of more than 8 bits per channel, refused.
@@ -125,8 +126,8 @@ def upscale_image(
     precision: str,
     global_attention: bool = True,
     max_memory: int | None = None,
-    on_plan=None,
-    progress=None,
+    on_plan: Callable[[Plan], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """Super-resolve one loaded image to an 8-bit PIL image (RGB, L, RGBA or LA).
 

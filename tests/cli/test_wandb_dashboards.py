@@ -31,8 +31,10 @@ def test_define_metrics_best_scores_and_lowest_loss_against_the_global_step():
     assert calls == [
         ("val/psnr_y/Set5", {**step, "summary": "max"}),
         ("val/ssim_y/Set5", {**step, "summary": "max"}),
+        ("val/psnr_y_raw/Set5", {**step, "summary": "max"}),
         ("val/psnr_y/Urban100", {**step, "summary": "max"}),
         ("val/ssim_y/Urban100", {**step, "summary": "max"}),
+        ("val/psnr_y_raw/Urban100", {**step, "summary": "max"}),
         ("train/loss", {**step, "summary": "min"}),
     ]
 

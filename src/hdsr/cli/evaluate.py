@@ -89,6 +89,7 @@ def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     """
     import torch
 
+    from hdsr.imaging import resolve_device
     from hdsr.loggers import ConfigError
 
     conf = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -96,7 +97,7 @@ def trainer_config(cfg: DictConfig) -> dict[str, Any]:
     device = str(cfg.device)
     if device == "auto":
         if str(conf.get("accelerator", "auto")) == "auto":  # as before: CUDA, else CPU
-            conf["accelerator"] = "cuda" if torch.cuda.is_available() else "cpu"
+            conf["accelerator"] = resolve_device("auto").type
         return conf
     try:
         dev = torch.device(device)
