@@ -13,11 +13,11 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import RichProgressBar
 
+from hdsr.runtime import STOP_SIGNALS
+
 log = logging.getLogger(__name__)
 
-#: SIGTERM (kill, scancel), SIGINT (Ctrl-C), and the pre-timeout signals SLURM sends with
-#: --signal: SIGUSR1 (sbatch --signal=USR1@120) or SIGUSR2 (hydra-submitit-launcher)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+#: SLURM's pre-timeout signals among the stop signals (``hdsr.runtime.STOP_SIGNALS``)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 

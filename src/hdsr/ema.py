@@ -26,6 +26,7 @@ Every DDP rank averages its own replica of the same weights, so the averages agr
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -92,8 +93,10 @@ class EMA(EMAWeightAveraging):
         self._raw_psnr.update(sr, batch["hr"].cpu().numpy(), int(batch["index"]))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._raw_psnr is not None and self._raw_psnr.per_image():
-            value = float(self._raw_psnr.compute())
-            pl_module.log(f"val/psnr_y_raw/{self.raw_metric_set}", value, add_dataloader_idx=False)
+        if self._raw_psnr is not None:
+            value = float(self._raw_psnr.compute())  # one gather of every rank's scores
+            if not math.isnan(value):  # NaN: the set had no image this time
+                key = f"val/psnr_y_raw/{self.raw_metric_set}"
+                pl_module.log(key, value, add_dataloader_idx=False)
         self._raw_psnr = None
         super().on_validation_epoch_end(trainer, pl_module)  # the trained weights go back

@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import signal
 import sys
 
 from omegaconf import DictConfig, OmegaConf
+
+#: the signals that stop a run with a checkpoint: SIGTERM (kill, scancel), SIGINT (Ctrl-C),
+#: and the pre-timeout signals SLURM sends with --signal: SIGUSR1 (sbatch --signal=USR1@120)
+#: or SIGUSR2 (hydra-submitit-launcher); hdsr-train's GracefulStop and hdsr-search's
+#: workers both handle these
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 #: glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1

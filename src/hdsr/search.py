@@ -82,6 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hdsr.runtime import STOP_SIGNALS
+
 PROG = "hdsr-search"
 _log = logging.getLogger(__name__)
 MISSING_OPTUNA = "hdsr-search needs the search extra: pip install 'hdsr[search]'"
@@ -917,8 +919,7 @@ def _short(value: Any) -> str:
 
 def _signal_exit(code: int | None) -> int | None:
     """The stop signal a trainer exit status stands for (128 + signal), if any."""
-    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-    for sig in stops:
+    for sig in STOP_SIGNALS:
         if code in (128 + int(sig), -int(sig)):
             return int(sig)
     return None
@@ -1163,8 +1164,7 @@ class Worker:
         os.write(2, f"[search] {name}: stopping after the trainer's current batch\n".encode())
 
     def run(self) -> int:
-        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in stops}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         started, failures = time.monotonic(), 0
         try:
             while self.stop_signal is None:

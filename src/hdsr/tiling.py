@@ -505,6 +505,10 @@ class _StageRunner:
         self.pending: list[tuple[int, int, dict[str, torch.Tensor]]] = []  # bands to write
         self.out: torch.Tensor | None = None
         self.done, self.total = 0, total
+        #: context the lower net and the construction block read around a core
+        self.lower_radius = TAIL_RADIUS + (
+            sum(_radius(m) for m in net.lower.layers) if net.lower is not None else 0
+        )
 
     def _empty(self, channels: int, rows: int, like: torch.Tensor) -> torch.Tensor:
         shape = (1, channels, rows, self.w)
@@ -562,8 +566,8 @@ class _StageRunner:
         region = (ty0, min(self.h, y1 + TAIL_RADIUS), tx0, min(self.w, x1 + TAIL_RADIUS))
         lower = None
         if net.lower is not None:
-            r_low = sum(_radius(m) for m in net.lower.layers) + TAIL_RADIUS
-            lower = _lower_window(net.lower, self.lr_window(*core, r_low)).crop(*region).t
+            window = self.lr_window(*core, self.lower_radius)
+            lower = _lower_window(net.lower, window).crop(*region).t
         sr = net.construct(cur.crop(*region).t, lower)
         sr = sr[:, :, s * (y0 - ty0) : s * (y1 - ty0), s * (x0 - tx0) : s * (x1 - tx0)]
         if self.out is None:
