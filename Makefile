@@ -24,12 +24,12 @@ dev: $(BIN)/activate  ## install hdsr and the test tools
 demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes on a CPU)
 	$(BIN)/hdsr-train
 
-test: dev  ## install what tests need and run the whole suite (slow tests included)
+test: dev  ## install what tests need and run the whole suite (slow tests included), in parallel
 	$(BIN)/ruff check src tests experiments
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
-test-fast: dev  ## the suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: dev  ## the suite without the slow end-to-end tests, in parallel
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
 
 lint: dev  ## ruff
 	$(BIN)/ruff check src tests experiments

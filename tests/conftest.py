@@ -1,8 +1,21 @@
-"""Shared fixtures."""
+"""Shared fixtures; one compute thread per test process when the suite runs in parallel."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core (pytest-xdist). torch's default of one thread
+    # per core in every worker, and in every hdsr-train it starts, oversubscribes the
+    # cores: the suite took twice as long in parallel as with one thread each. Set before
+    # torch is imported here; subprocesses inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from helpers.configs import MODEL_OPTIONS, compose
 
