@@ -26,13 +26,15 @@ demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes o
 
 test: dev  ## install what tests need and run the whole suite (slow tests included), in parallel
 	$(BIN)/ruff check src tests experiments
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n auto --dist worksteal
 
 test-fast: dev  ## the suite without the slow end-to-end tests, in parallel
 	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
 
-lint: dev  ## ruff
+lint: dev  ## ruff and the package's layers (lint-imports)
 	$(BIN)/ruff check src tests experiments
+	$(BIN)/lint-imports
 
 wheel: dev  ## build the wheel into dist/
 	$(BIN)/python -m build --wheel --outdir dist .

@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdsr import budget
-from hdsr.budget import (
+from hdsr.inference import budget
+from hdsr.inference.budget import (
     BudgetTooSmall,
-    format_memory,
     host_available,
-    parse_memory,
     plan,
     stagewise_bytes,
     untiled_bytes,
     windows_bytes,
 )
+from hdsr.sizes import format_memory, parse_memory
 
 GiB, MiB = 1 << 30, 1 << 20
 

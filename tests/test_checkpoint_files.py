@@ -58,7 +58,7 @@ SAVE_AND_HANG = r"""
 import io, os, sys, time
 import lightning as L
 import torch
-from hdsr.cli.train import _plugins
+from hdsr.training.run import checkpoint_plugins as _plugins
 
 dest, marker = sys.argv[1], sys.argv[2]
 trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -131,7 +131,7 @@ def test_checkpoint_killed_mid_write_leaves_the_old_last_ckpt_and_no_temp_files(
         assert list(shm.iterdir()) == []  # nothing was staged in $TMPDIR
         # the killed write left its temporary file beside last.ckpt; the next start removes
         # it, and only it
-        from hdsr.ckpt_files import remove_stale_temp_files
+        from hdsr.training.checkpoint_files import remove_stale_temp_files
 
         leftovers = {p.name for p in folder.iterdir()} - {"last.ckpt", *others}
         assert len(leftovers) == 1
@@ -144,16 +144,13 @@ def test_checkpoint_killed_mid_write_leaves_the_old_last_ckpt_and_no_temp_files(
 
 @pytest.mark.parametrize("strategy", ["auto", "ddp", "ddp_spawn"])
 def test_every_strategy_writes_through_the_atomic_checkpoint_io(strategy):
-    import lightning as L
-    from omegaconf import OmegaConf
-
-    from hdsr.ckpt_files import AtomicCheckpointIO
-    from hdsr.cli.train import _plugins
+    from hdsr.devices import build_trainer
+    from hdsr.training.checkpoint_files import AtomicCheckpointIO
+    from hdsr.training.run import checkpoint_plugins as _plugins
 
     trainer_cfg = "trainer=cpu" if strategy == "auto" else "trainer=ddp_sim"
-    kwargs = OmegaConf.to_container(compose([trainer_cfg]).trainer, resolve=True)
-    kwargs["strategy"] = strategy
-    trainer = L.Trainer(**kwargs, logger=False, plugins=_plugins())
+    cfg = compose([trainer_cfg, f"trainer.strategy={strategy}"]).trainer
+    trainer = build_trainer(cfg, logger=False, plugins=_plugins())
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     # ddp_spawn sends the strategy to its processes by pickling it
     sent = pickle.loads(pickle.dumps(trainer.strategy))
@@ -161,7 +158,7 @@ def test_every_strategy_writes_through_the_atomic_checkpoint_io(strategy):
 
 
 def test_atomic_checkpoint_io_saves_locally_and_keeps_lightnings_path_for_urls(tmp_path):
-    from hdsr.ckpt_files import AtomicCheckpointIO
+    from hdsr.training.checkpoint_files import AtomicCheckpointIO
 
     checkpoint_io = AtomicCheckpointIO()
     ckpt = {"state_dict": {"w": torch.ones(3)}, "global_step": 5}
@@ -179,7 +176,7 @@ def test_atomic_checkpoint_io_saves_locally_and_keeps_lightnings_path_for_urls(t
 
 # -- A: an unreadable last.ckpt -------------------------------------------------------------
 def test_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(tmp_path, caplog):
-    from hdsr.cli.train import resolve_resume
+    from hdsr.training.config import resolve_resume
 
     cfg = compose(["model=ablation/r1_six_conv"])
     folder = tmp_path / "checkpoints"
@@ -221,7 +218,7 @@ def test_rerun_after_a_torn_last_ckpt_resumes_from_the_good_one(tmp_path):
 
 @pytest.mark.slow
 def test_rerun_after_a_torn_last_ckpt_without_a_good_one_starts_fresh(tmp_path):
-    from hdsr.ckpt_files import temp_path_for
+    from hdsr.training.checkpoint_files import temp_path_for
 
     folder = tmp_path / RUN / "checkpoints"
     folder.mkdir(parents=True)
@@ -266,7 +263,7 @@ def test_resume_false_moves_the_previous_checkpoints_aside(tmp_path):
 def test_previous_checkpoints_go_to_a_new_folder_each_time(tmp_path):
     from datetime import UTC, datetime
 
-    from hdsr.ckpt_files import move_previous_checkpoints
+    from hdsr.training.checkpoint_files import move_previous_checkpoints
 
     assert move_previous_checkpoints(tmp_path / "none") is None
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -300,8 +297,8 @@ def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_resolve_resume_refuses_a_pickle_payload(tmp_path):
-    from hdsr.cli.train import resolve_resume
-    from hdsr.loggers import ConfigError
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import resolve_resume
 
     path, marker = evil_checkpoint(tmp_path)
     cfg = compose(["model=ablation/r1_six_conv", f"ckpt_path={path}"])
@@ -323,8 +320,8 @@ def test_ckpt_path_with_a_pickle_payload_fails_clearly_and_runs_nothing(tmp_path
 
 # -- D: clear errors for what cannot be resumed -----------------------------------------------
 def test_ckpt_path_directory_is_named(tmp_path):
-    from hdsr.cli.train import resolve_resume
-    from hdsr.loggers import ConfigError
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import resolve_resume
 
     cfg = compose([f"ckpt_path={tmp_path}"])
     with pytest.raises(ConfigError, match="is a directory, not a checkpoint file"):
@@ -348,8 +345,8 @@ def test_ckpt_path_directory_is_named(tmp_path):
     ],
 )
 def test_checkpoint_of_another_variant_or_scale_is_named(tmp_path, held, asked, expected):
-    from hdsr.cli.train import resolve_resume
-    from hdsr.loggers import ConfigError
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import resolve_resume
 
     path = tmp_path / "other.ckpt"
     torch.save(fake_checkpoint(*held), path)

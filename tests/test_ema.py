@@ -7,11 +7,11 @@ import lightning as L
 import pytest
 import torch
 
-from hdsr.checkpoints import load_model
 from hdsr.data.datamodule import SRDataModule
-from hdsr.ema import EMA, check_ema
-from hdsr.module import SRModule
-from hdsr.training import build_callbacks
+from hdsr.inference.loading import load_model
+from hdsr.training.ema import EMA, check_ema
+from hdsr.training.module import SRModule
+from hdsr.training.run import build_callbacks
 from helpers.configs import compose
 from test_module import Images, tiny_net
 
@@ -105,8 +105,8 @@ def test_bad_options_name_the_key(decay, start, says):
 
 
 def test_bad_options_stop_hdsr_train_before_any_work():
-    from hdsr.cli.train import check_config
-    from hdsr.loggers import ConfigError
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import check_config
 
     with pytest.raises(ConfigError, match=r"ema.decay must be .* got 1.0"):
         check_config(compose(["ema.decay=1.0"]))
@@ -175,7 +175,7 @@ def test_hdsr_upscale_weights_option(tmp_path):
     from PIL import Image
 
     from hdsr.cli.upscale import main
-    from hdsr.inference import upscale
+    from hdsr.inference.forward import upscale
 
     path, _ = _checkpoint(tmp_path, ema=True)
     img = tmp_path / "p.png"

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdsr.inference import forward_x8, upscale
-from hdsr.models import HDSRNet
-from hdsr.tiling import (
+from hdsr.inference.forward import forward_x8, upscale
+from hdsr.inference.tiling import (
     DEFAULT_OVERLAP,
     _spans,
     dynamic_convs,
     global_dynamic_means,
     tiled_forward,
 )
+from hdsr.models import HDSRNet
 
 
 def nearest2(x: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ def test_gray_hr_with_rgb_uint8_sr_uses_sr_like_hr() -> None:
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb_hr", "gray_hr"])
 @pytest.mark.parametrize("layout", ["1chw", "chw"])
 def test_float_sr_tensor_rounded_like_srmodule(cls, fn, gray, layout) -> None:
-    from hdsr.module import to_uint8_image
+    from hdsr.imaging import to_uint8_image
 
     _, hr = image_pair((26, 34, 3), seed=6)
     if gray:
@@ -116,7 +116,7 @@ def test_float_sr_tensor_rounded_like_srmodule(cls, fn, gray, layout) -> None:
 
 def test_bf16_sr_tensor_like_evaluate() -> None:
     """hdsr-eval casts a bf16 output to float32 before to_uint8_image; so does update."""
-    from hdsr.module import to_uint8_image
+    from hdsr.imaging import to_uint8_image
 
     _, hr = image_pair((24, 24, 3), seed=8)
     out = torch.from_numpy(np.random.default_rng(8).uniform(0, 255, (1, 3, 24, 24)))
@@ -331,7 +331,7 @@ def test_ddp_sync_two_ranks_gloo(tmp_path: Path) -> None:
 def test_results_csv_mean_is_the_logged_metric_bit_for_bit() -> None:
     """hdsr-eval's results.csv (results.summarize) averages like the logged test metric;
     numpy's pairwise mean would differ in the last bits for sets of 8 or more images."""
-    from hdsr.results import summarize
+    from hdsr.evaluation.tables import summarize
 
     numpy_differs = 0
     for seed in range(8):
@@ -362,7 +362,7 @@ def test_results_csv_mean_is_the_logged_metric_bit_for_bit() -> None:
 
 def test_bicubic_baseline_mean_is_the_metric_over_its_images() -> None:
     from hdsr.data.pairs import ImagePair
-    from hdsr.scoring import bicubic_per_image, bicubic_scores, bicubic_sr
+    from hdsr.evaluation.bicubic import bicubic_per_image, bicubic_scores, bicubic_sr
 
     rng = np.random.default_rng(0)
     pairs = []

@@ -14,7 +14,7 @@ from hdsr.data.pairs import make_pair
 from hdsr.imaging import to_uint8_image
 from hdsr.metrics import psnr_y, ssim_y
 from hdsr.models import HDSRNet
-from hdsr.module import SRModule
+from hdsr.training.module import SRModule
 from helpers import FIXTURES
 from helpers.configs import compose
 
@@ -170,10 +170,10 @@ def test_test_step_with_default_inference_scores_what_validation_scores(tmp_path
 
 
 def test_test_step_runs_upscale_with_the_inference_options_and_writes_images(tmp_path):
-    """self_ensemble, tile, overlap and precision are those of hdsr.inference.upscale
+    """self_ensemble, tile, overlap and precision are those of hdsr.inference.forward.upscale
     (hdsr-upscale's function); each SR image is written as <set>/<name>_x<s>.png."""
     from hdsr.imaging import read_image
-    from hdsr.inference import upscale
+    from hdsr.inference.forward import upscale
     from hdsr.metrics import sr_like_hr
 
     torch.manual_seed(0)

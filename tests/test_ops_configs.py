@@ -8,11 +8,11 @@ import signal
 import pytest
 import torch
 
-from hdsr.callbacks import GracefulStop, slurm_job_id
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.datasets import PatchSampler, ShardSampler
 from hdsr.models import HDSRNet
-from hdsr.module import SRModule
+from hdsr.training.callbacks import GracefulStop, slurm_job_id
+from hdsr.training.module import SRModule
 from helpers.configs import compose
 
 
@@ -188,13 +188,14 @@ def test_cpu_trainer_configs_leave_cudnn_benchmark_alone(option):
 @pytest.mark.parametrize("option", ["ddp", "multi_node", "ddp_sim"])
 def test_ddp_configs_build_one_ddp_strategy(option):
     """trainer=ddp_sim (the CPU runs in the tests) uses exactly trainer=ddp's DDP options."""
+    from hydra.utils import instantiate
     from lightning.pytorch.strategies import DDPStrategy
 
-    from hdsr.backends import trainer_kwargs
+    from hdsr.devices import trainer_kwargs
 
     cfg = compose([f"trainer={option}"])
     assert cfg.trainer.strategy == compose(["trainer=ddp"]).trainer.strategy
-    strategy = trainer_kwargs(cfg.trainer)["strategy"]
+    strategy = instantiate(trainer_kwargs(cfg.trainer)["strategy"])
     assert type(strategy) is DDPStrategy
     assert strategy._ddp_kwargs == {"gradient_as_bucket_view": True, "static_graph": True}
 

@@ -12,8 +12,8 @@ import lightning as L
 import pytest
 import torch
 
-from hdsr.optimizers import describe, kernel_keywords
-from hdsr.training import build_module
+from hdsr.training.optimizers import describe, kernel_keywords
+from hdsr.training.run import build_module
 from helpers.configs import compose
 
 TINY_NET = ["model.net.n_feats=8", "model.net.n_blocks=1", "model.net.lower_layers=2"]

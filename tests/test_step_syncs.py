@@ -10,7 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from hdsr.callbacks import GracefulStop
+from hdsr.training.callbacks import GracefulStop
+from helpers.callbacks import callback_overrides
 from helpers.configs import compose
 
 
@@ -65,7 +66,8 @@ def test_one_process_checks_every_batch_without_a_collective():
 
 
 def test_bad_check_interval_is_named():
-    from hdsr.cli.train import ConfigError, check_config
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import check_config
 
     with pytest.raises(ConfigError, match=r"stop\.check_every_n_steps"):
         check_config(compose(["stop.check_every_n_steps=0"]))
@@ -78,7 +80,7 @@ SYNCING = ("item", "__bool__", "tolist", "__float__", "__int__", "cpu", "numpy")
 def test_training_steps_read_no_tensor_values_between_logging_steps(tmp_path, monkeypatch):
     """hdsr-train's own loop (in process): count the tensor reads that would each wait for a
     GPU, per optimizer step. Only logging steps (every trainer.log_every_n_steps) read."""
-    import hdsr.cli.train as train_mod
+    import hdsr.training.run as train_mod
 
     counts: collections.Counter = collections.Counter()
     per_step: dict[int, dict[str, int]] = {}
@@ -99,14 +101,9 @@ def test_training_steps_read_no_tensor_values_between_logging_steps(tmp_path, mo
         def on_train_batch_end(self, trainer, *args):
             per_step[trainer.global_step] = dict(counts)
 
-    real_trainer = L.Trainer
-
-    def trainer_with_probe(*args, callbacks=(), **kwargs):
-        return real_trainer(*args, callbacks=[*callbacks, Probe()], **kwargs)
-
-    monkeypatch.setattr(L, "Trainer", trainer_with_probe)
     cfg = compose(
         [
+            *callback_overrides("probe", Probe()),
             f"paths.run_dir={tmp_path / 'run'}",
             "logger=csv",
             "trainer.max_steps=12",

@@ -9,9 +9,12 @@ import pytest
 import skimage.data
 import torch
 import yaml
+from torch import nn
 
-from hdsr.models import HDSRNet
-from hdsr.tiling import _stages, stagewise_forward, stagewise_maps, stagewise_network
+from hdsr.inference.tiling import stagewise_forward, stagewise_maps, stagewise_network
+from hdsr.models import ConvReLU, DynamicConv2d, HDSRNet
+from hdsr.models.hdsrnet import Step
+from hdsr.models.layers import conv3x3
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 #: the exactness bound of the tiled paths on the 0..255 scale
@@ -53,7 +56,7 @@ def test_full_network_equals_untiled(scale: int, image: str) -> None:
 
 def test_local_attention_would_not_be_exact() -> None:
     """Why the stages carry whole-image means: tiles that pool their own windows differ."""
-    from hdsr.tiling import tiled_forward
+    from hdsr.inference.tiling import tiled_forward
 
     net, lr = net_of(2), natural(70, 58)
     with torch.inference_mode():
@@ -84,7 +87,7 @@ def test_shapes_and_tiles_smaller_than_the_context(h: int, w: int, tile: int) ->
 
 def test_block_starting_with_two_dynamic_convs() -> None:
     net = net_of(2, n_feats=8, n_blocks=2, lower_layers=2, block=("dynamic", "dynamic", "conv"))
-    assert len(_stages(net)) == 1 + 2 * 2
+    assert len(net.upper_stages()) == 1 + 2 * 2
     assert max_diff(net, natural(25, 30), 7) < TOL
 
 
@@ -114,19 +117,54 @@ def test_carried_maps_and_progress() -> None:
     calls: list[tuple[int, int]] = []
     with torch.inference_mode():
         stagewise_forward(net, noise(20, 30), 10, progress=lambda k, n: calls.append((k, n)))
-    stages, tiles = len(_stages(net)), 2 * 3
+    stages, tiles = len(net.upper_stages()), 2 * 3
     assert calls == [(k, stages * tiles) for k in range(1, stages * tiles + 1)]
 
 
 def test_which_networks_run_stage_by_stage() -> None:
+    from hdsr.inference.forward import ScoringNet
     from hdsr.models.bicubic import BicubicUpsampler
-    from hdsr.module import ScoringNet
 
     net = net_of(2, n_feats=8, n_blocks=1, lower_layers=2)
     assert stagewise_network(net) is net
     assert stagewise_network(ScoringNet(net)) is net
     assert stagewise_network(ScoringNet(net.to(torch.bfloat16))) is None  # weights cast per pass
     assert stagewise_network(BicubicUpsampler(2)) is None
+
+
+class NestedUpper(nn.Module):
+    """An upper net no HDSRNet builds: a residual block nested in another around a
+    dynamic conv, so two maps are on the stack when the dynamic conv's stage starts."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.head = ConvReLU(conv3x3(3, n))
+        self.a = ConvReLU(conv3x3(n, n, dilation=2))
+        self.dyn = ConvReLU(DynamicConv2d(n))
+        self.b = ConvReLU(conv3x3(n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        y = self.a(x)
+        return (self.b(self.dyn(y)) + y) + x
+
+    def steps(self) -> list[Step]:
+        push, add = Step("push"), Step("add")
+        layers = [Step.of(m) for m in (self.head, self.a, self.dyn, self.b)]
+        return [layers[0], push, layers[1], push, layers[2], layers[3], add, add]
+
+
+def test_the_tiler_runs_the_stages_the_network_reports() -> None:
+    """The tiler knows the network only through its stage API: a network that reports
+    a structure HDSRNet never builds (nested residuals, two maps on the stack at a
+    dynamic conv) still tiles exactly, carrying three whole-image maps."""
+    net = net_of(2, n_feats=8, n_blocks=1, lower_layers=2)
+    net.upper = NestedUpper(8).to(memory_format=torch.channels_last).eval()
+    stages = net.upper_stages()
+    assert [(st.stack_in, st.stack_out) for st in stages] == [(0, 2), (2, 0)]
+    assert stages[1].dynamic is net.upper.dyn.conv
+    assert stagewise_maps(net) == 3
+    assert max_diff(net, natural(23, 26), 7) < TOL
 
 
 def test_bad_tile_is_refused() -> None:

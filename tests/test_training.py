@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from hdsr.callbacks import GracefulStop, StepProgressBar
-from hdsr.training import build_callbacks
+from hdsr.training.callbacks import GracefulStop, StepProgressBar
+from hdsr.training.run import build_callbacks
 from helpers import FIXTURES
 from helpers.configs import compose
 
@@ -67,7 +67,7 @@ def test_callbacks_follow_the_run_and_can_be_left_out(tmp_path):
 
 def test_train_fast_dev_run_on_the_composed_config(tmp_path):
     """train(cfg) end to end in this process: one step, one image per validation set."""
-    from hdsr.cli.train import train
+    from hdsr.training.run import train
 
     cfg = compose([*TINY, f"paths.run_dir={tmp_path / 'run'}", "+trainer.fast_dev_run=true"])
     result = train(cfg)
@@ -84,7 +84,7 @@ def test_a_checkpoint_of_hdsr_0_1_resumes(tmp_path):
     from the checkpoint. (When the optimizer/scheduler groups came, the weights, optimizer
     state and CSV rows of this resume were compared with the hdsr-train before them: equal
     to the bit.)"""
-    from hdsr.cli.train import train
+    from hdsr.training.run import train
 
     run_dir = tmp_path / "run"
     cfg = compose(
@@ -113,3 +113,31 @@ def test_a_checkpoint_of_hdsr_0_1_resumes(tmp_path):
         k for k in old["state_dict"] if not torch.equal(old["state_dict"][k], new["state_dict"][k])
     ]
     assert moved  # it trained on from the old weights
+
+
+def test_configs_of_earlier_versions_name_todays_classes():
+    """A run folder's config from before the package was split into folders names
+    hdsr.module.SRModule, hdsr.callbacks.*, hdsr.ema.EMA: they are mapped to today's
+    modules (and nothing else is touched); the result builds the same objects."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from hdsr.training.config import LEGACY_TARGETS, upgrade_targets
+
+    cfg = compose([])
+    old = OmegaConf.create(OmegaConf.to_yaml(cfg))
+    old.model._target_ = "hdsr.module.SRModule"
+    old.callbacks.progress_bar._target_ = "hdsr.callbacks.StepProgressBar"
+    old.callbacks.ema._target_ = "hdsr.ema.EMA"
+    old.callbacks.graceful_stop._target_ = "hdsr.callbacks.GracefulStop"
+    changed = upgrade_targets(old)
+    assert {k for k, _, _ in changed} == {
+        "model._target_",
+        "callbacks.progress_bar._target_",
+        "callbacks.ema._target_",
+        "callbacks.graceful_stop._target_",
+    }
+    assert OmegaConf.to_container(old) == OmegaConf.to_container(cfg)
+    for new in LEGACY_TARGETS.values():
+        assert get_class(new).__name__ == new.rsplit(".", 1)[1]
+    assert upgrade_targets(old) == []

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from hdsr.checkpoints import load_model
+from hdsr.errors import UntrustedConfigError
 from hdsr.imaging import write_png
-from hdsr.models.registry import UntrustedConfigError, build_network
+from hdsr.inference.loading import load_model
+from hdsr.models.registry import build_network
 from helpers import FIXTURES
 
 DATA = FIXTURES
@@ -147,3 +148,35 @@ def test_report_builds_only_hdsr_networks_from_a_run_folder(tmp_path, capsys):
 def test_checkpoint_path_that_is_a_directory_says_so(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         load_model(tmp_path)
+
+
+def test_srmodule_load_from_checkpoint_reads_an_hdsr_checkpoint_as_data(tmp_path):
+    """SRModule.load_from_checkpoint, the Lightning idiom: the 0.1.0 checkpoint gives the
+    network load_model gives (same outputs, bit for bit) with its stored settings; a
+    pickle payload is refused naming the file and never runs."""
+    from hdsr.errors import UnreadableCheckpoint
+    from hdsr.training.module import SRModule
+
+    path = DATA / "hdsrnet_tiny_x2_v0.1.ckpt"
+    module = SRModule.load_from_checkpoint(path)
+    assert type(module) is SRModule and module.scale == 2
+    assert module.hparams.model_name == load_model(path).name
+    x = torch.rand(1, 3, 12, 10) * 255
+    with torch.no_grad():
+        assert torch.equal(module.net.eval()(x), load_model(path).net(x))
+    moved = SRModule.load_from_checkpoint(path, val_set_names=["a", "b"])
+    assert moved.val_set_names == ["a", "b"] and len(moved.val_metrics) == 2
+    with pytest.raises(ValueError, match="weights-only"):
+        SRModule.load_from_checkpoint(path, weights_only=False)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": _Payload(builtins.open, str(marker), "w")}}, evil)
+    with pytest.raises(UnreadableCheckpoint, match=r"evil\.ckpt is not a readable checkpoint"):
+        SRModule.load_from_checkpoint(evil)
+    assert not marker.exists()
+    alien = tmp_path / "alien.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["net_config"] = {"_target_": "os.system", "command": "true"}
+    torch.save(ckpt, alien)
+    with pytest.raises(UntrustedConfigError, match="os.system"):
+        SRModule.load_from_checkpoint(alien)

@@ -32,7 +32,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from hdsr.cli.export import export_module, write_onnx
+    from hdsr.export import export_module, write_onnx
     from hdsr.models import HDSRNet
 
     torch.manual_seed(0)

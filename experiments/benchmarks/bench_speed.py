@@ -26,7 +26,7 @@ hdsr-train runs: forward, L1, backward, gradient clipping by value at the recipe
 with clipping, as ``SRModule.configure_optimizers`` picks).
 
 On CUDA, every worker runs with TF32 allowed, as hdsr-train trains there
-(``hdsr.backends.set_cuda_tf32``), so the GEMM and conv ceilings and the timed cases share
+(``hdsr.devices.set_cuda_tf32``), so the GEMM and conv ceilings and the timed cases share
 one arithmetic; the exact-float32 ceilings (TF32 off) are reported beside them. Times are
 CUDA events on the chosen device's stream after a synchronisation (``cuda:N`` waits on
 device N, not the default one), and each sample runs the call back to back until it
@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from hdsr.complexity import count_macs  # noqa: E402
+from hdsr.evaluation.complexity import count_macs  # noqa: E402
 from hdsr.models import load_official  # noqa: E402
 from hdsr.models.official import hdsr_to_official_key  # noqa: E402
 from helpers.official_reference import RefHDSRNet  # noqa: E402
@@ -203,7 +203,7 @@ def make_runner(spec: dict) -> Callable[[], torch.Tensor | None]:
     device = spec["device"]
     use_device(device)
     if is_cuda(device):
-        from hdsr.backends import set_cuda_tf32
+        from hdsr.devices import set_cuda_tf32
 
         set_cuda_tf32(spec.get("tf32", True))  # as hdsr-train on CUDA
     if spec.get("retain"):
@@ -429,7 +429,7 @@ def ceilings(device: str) -> dict[str, float]:
     """
     if not is_cuda(device):
         return _ceilings_now(device)
-    from hdsr.backends import exact_float32, restoring_tf32, set_cuda_tf32
+    from hdsr.devices import exact_float32, restoring_tf32, set_cuda_tf32
 
     use_device(device)
     with restoring_tf32():

@@ -15,7 +15,7 @@ Steps (``--steps`` picks some; all by default), on generated data in hdsr's layo
               tunes each new shape when on) and the second
   eval        ``hdsr-eval`` of the train step's checkpoint on the GPU (precision 32: TF32
               off; and bf16) against the same on the CPU, on a generated benchmark tree
-  upscale     ``hdsr.inference.upscale`` of a 1024x680 and a 4000x3000 image at x2:
+  upscale     ``hdsr.inference.forward.upscale`` of a 1024x680 and a 4000x3000 image at x2:
               untiled, the memory-budget policy and ``tile=256`` (stage-wise): wall
               time, peak device memory against the policy's estimate, max difference
 
@@ -28,7 +28,7 @@ step uses dynamo's "eager" backend, so no C++ toolchain is needed), to test the 
 
     python experiments/benchmarks/gpu_check.py [--steps train,eval] [--cpu-dry-run]
 
-The train and compile steps run ``hdsr.cli.train.train`` in this process (so a Lightning
+The train and compile steps run ``hdsr.training.run.train`` in this process (so a Lightning
 callback can watch the steps): ``lightning.Trainer`` is swapped for a subclass that adds
 that callback, for the duration of the step only.
 """
@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -187,23 +188,25 @@ def train_overrides(plan: Plan, data: dict[str, Path], run_dir: Path, steps: int
     ]
 
 
-@contextlib.contextmanager
-def extra_callback(callback) -> Iterator[None]:
-    """``lightning.Trainer`` (as hdsr.cli.train calls it) gets ``callback`` while inside."""
-    import lightning
+#: the StepWatch callbacks of the runs in this process, by key: a run's config adds one as
+#: ``+callbacks.step_watch={_target_: <this module>.watch_callback, key: ...}``
+WATCHES: dict[str, Any] = {}
 
-    base = lightning.Trainer
 
-    class Trainer(base):
-        def __init__(self, *args, **kwargs):
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), callback]
-            super().__init__(*args, **kwargs)
+def watch_callback(key: str) -> Any:
+    """The registered StepWatch ``key`` (the ``_target_`` of the callback override)."""
+    return WATCHES[key]
 
-    lightning.Trainer = Trainer
-    try:
-        yield
-    finally:
-        lightning.Trainer = base
+
+def watch_overrides(watch: Any) -> list[str]:
+    """The config overrides that add ``watch`` to hdsr-train's callbacks: the Trainer gets
+    it from ``cfg.callbacks`` like any other callback (nothing of hdsr is patched)."""
+    key = f"w{id(watch)}"
+    WATCHES[key] = watch
+    return [
+        f"+callbacks.step_watch._target_={__name__}.watch_callback",
+        f"+callbacks.step_watch.key={key}",
+    ]
 
 
 def _source(stack: traceback.StackSummary) -> str:
@@ -280,7 +283,7 @@ class StepWatch:
     def on_train_start(self, trainer, pl_module) -> None:
         import torch
 
-        from hdsr.backends import tf32_state
+        from hdsr.devices import tf32_state
 
         self.flags = {"cudnn.benchmark": torch.backends.cudnn.benchmark, **tf32_state()}
         self.dynamo["start"] = dynamo_counts()
@@ -358,16 +361,16 @@ def run_train(plan: Plan, data: dict[str, Path], work: Path, compile_: bool) -> 
     """hdsr-train in this process with a StepWatch over the steady-state steps."""
     import torch
 
-    from hdsr.cli.train import train
+    from hdsr.training.run import train
 
     steps = plan.compile_steps if compile_ else plan.steps
     name = "compile" if compile_ else "train"
     overrides = train_overrides(plan, data, work / name, steps)
     if compile_:
         overrides.append("runtime.compile=true")
-    cfg = compose_train(overrides)
     start = plan.warmup_steps if not compile_ else min(plan.warmup_steps, steps - 1)
     watch = step_watch(start, steps - start, cuda=not plan.dry)
+    cfg = compose_train([*overrides, *watch_overrides(watch)])
     stack = contextlib.ExitStack()
     recompiles: list[str] = []
     if compile_:
@@ -380,7 +383,7 @@ def run_train(plan: Plan, data: dict[str, Path], work: Path, compile_: bool) -> 
             compile_fn = torch.compile
             stack.enter_context(_patched(torch, "compile", _eager(compile_fn)))
     t0 = time.perf_counter()
-    with stack, extra_callback(watch):
+    with stack:
         result = train(cfg)
     out = {
         "command": "hdsr-train " + " ".join(overrides),
@@ -437,9 +440,9 @@ def run_validation(plan: Plan, data: dict[str, Path]) -> dict:
 
     from hdsr.data.benchmarks import BenchmarkImages
     from hdsr.data.datasets import WholeImages
-    from hdsr.imaging import autocast_context
+    from hdsr.devices import autocast_context
     from hdsr.models import HDSRNet
-    from hdsr.module import SRModule
+    from hdsr.training.module import SRModule
 
     device = torch.device(plan.device)
     names = ["Set5", "Set14"]
@@ -555,12 +558,12 @@ def run_eval(plan: Plan, data: dict[str, Path], work: Path, ckpt: str | None) ->
 
 
 def run_upscale(plan: Plan) -> dict:
-    """``hdsr.inference.upscale`` on the device: untiled, the budget policy and forced
+    """``hdsr.inference.forward.upscale`` on the device: untiled, the budget policy and forced
     stage-wise tiles, on a 1024x680 and a 4000x3000 LR image at x2 (float32): wall time,
     the device's peak allocated bytes, and the policy's estimate beside them."""
     import torch
 
-    from hdsr.inference import upscale
+    from hdsr.inference.forward import upscale
     from hdsr.models import HDSRNet
 
     cuda = plan.device.startswith("cuda")

@@ -1,7 +1,7 @@
 """Peak host memory of one untiled HDSRNet inference pass on CPU, per LR pixel.
 
 A model for a later untiled-vs-tiled policy: for each scale, precision and LR size, one
-``hdsr.inference.upscale(net, lr, s, tile=None, device="cpu", precision=p)`` call runs in
+``hdsr.inference.forward.upscale(net, lr, s, tile=None, device="cpu", precision=p)`` call runs in
 a fresh child process (so no two measurements share an allocator or a high-water mark),
 with ``hdsr.runtime.retain_host_memory(True)`` applied first, as hdsr's command-line tools
 do. glibc then keeps freed memory in the process, so the resident size never falls below
@@ -87,7 +87,7 @@ def child(scale: int, precision: str, h: int, w: int, seed: int) -> dict:
 
     import torch
 
-    from hdsr.inference import upscale
+    from hdsr.inference.forward import upscale
     from hdsr.models.hdsrnet import HDSRNet
 
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The leaf every part of hdsr shares: image conversion and I/O, devices, precision, sizes.
+"""The leaf every part of hdsr shares: scales, image conversion and I/O.
 
 It imports nothing else of hdsr, so ``models``, ``data``, the library and the commands can
 all use it without depending on one another.
@@ -6,8 +6,6 @@ all use it without depending on one another.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 from pathlib import Path
 
@@ -17,10 +15,6 @@ from PIL import Image, UnidentifiedImageError
 
 #: the upscaling factors HDSRNet (and the paper's tables) define
 SCALES = (2, 3, 4)
-
-#: ``precision`` option -> autocast dtype (None: float32, no autocast)
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
-
 
 def check_scale(scale: int) -> int:
     """Return ``scale`` if HDSRNet supports it, else raise ``ValueError``."""
@@ -110,35 +104,8 @@ def write_png(path: str | os.PathLike[str], img: np.ndarray) -> None:
     Image.fromarray(img).save(path)
 
 
-# -- devices and precision -----------------------------------------------------------------
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``precision`` "bf16" or "16" on ``device``; a no-op for "32"."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# -- sizes ---------------------------------------------------------------------------------
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256x256"`` (H x W) or ``"256"`` -> ``(256, 256)``; raises
-    ``argparse.ArgumentTypeError`` for anything else, so it serves as an argparse ``type``."""
-    parts = str(text).lower().split("x")
-    try:
-        hw = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW or N, got {text!r}") from None
-    if len(hw) == 1:
-        hw = (hw[0], hw[0])
-    if len(hw) != 2 or min(hw) < 1:
-        raise argparse.ArgumentTypeError(f"size must be HxW with positive sides, got {text!r}")
-    return hw  # type: ignore[return-value]
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` region of an HxW(xC) image (smaller images whole)."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[top : top + size, left : left + size]

@@ -1,4 +1,6 @@
-"""Process-wide settings the command-line tools apply before they start work.
+"""Process-wide settings the command-line tools apply before they start work: the stop
+signals, host memory retention, the W&B mode, and a job's own ``sys.argv`` for launchers
+that re-run it.
 
 ``retain_host_memory``: glibc's ``malloc`` hands large freed blocks back to the OS (blocks
 over its mmap threshold are unmapped; the top of the heap is trimmed). A network's
@@ -13,12 +15,17 @@ threads other than the main one when a block exceeds their arena's 64 MiB heaps.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from omegaconf import DictConfig, OmegaConf
+
+from hdsr.errors import ConfigError
 
 #: the signals that stop a run with a checkpoint: SIGTERM (kill, scancel), SIGINT (Ctrl-C),
 #: and the pre-timeout signals SLURM sends with --signal: SIGUSR1 (sbatch --signal=USR1@120)
@@ -72,3 +79,47 @@ def apply_runtime_config(cfg: DictConfig) -> bool:
     return retain_host_memory(
         bool(OmegaConf.select(cfg, "runtime.retain_host_memory", default=True))
     )
+
+
+def wandb_mode(cfg_mode: str | None) -> str:
+    """online/offline/disabled: the configured mode, else WANDB_MODE, else by API key."""
+    if cfg_mode:
+        mode = str(cfg_mode)
+    elif os.environ.get("WANDB_MODE"):
+        mode = os.environ["WANDB_MODE"]
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    else:
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {mode!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def single_job_argv() -> Iterator[None]:
+    """Make ``sys.argv`` this job's own single-run command while the job trains or scores.
+
+    Lightning's DDP launcher starts ranks > 0 by re-running ``sys.argv``; under ``-m``
+    that is the whole sweep. With the job's own overrides each rank runs this job once.
+    Environment variables the launcher sets (MASTER_PORT, ...) are undone afterwards so
+    the next job of a sweep starts its own process group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    saved_argv, saved_env = list(sys.argv), dict(os.environ)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            if key in saved_env:
+                os.environ[key] = saved_env[key]
+            else:
+                os.environ.pop(key, None)
+        import torch.distributed as dist  # torch is loaded by then; kept off import time
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hdsr.cli.overrides import UsageError, expand_group_patterns
-from hdsr.cli.train import ConfigError, check_config
+from hdsr.errors import ConfigError
+from hdsr.training.config import check_config
 from helpers.configs import ABLATIONS, compose
 
 MODULE = "hdsr.conf"

@@ -148,7 +148,7 @@ def _eval_cfg(overrides: list[str]):
 
 def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     """Two runs of one variant (same model name) are two rows, each over its own images."""
-    from hdsr.cli.evaluate import run_eval
+    from hdsr.evaluation.run import run_eval
 
     old = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
     ckpts = []
@@ -174,8 +174,8 @@ def test_eval_keeps_checkpoints_of_one_variant_apart(tmp_path, bench):
     assert [r["psnr_y"] for r in both] == [r["psnr_y"] for r in alone]
     assert [r["ssim_y"] for r in both] == [r["ssim_y"] for r in alone]
     # runs in the usual layout are told apart by their run names
-    from hdsr.checkpoints import LoadedModel
-    from hdsr.cli.evaluate import distinct_names
+    from hdsr.evaluation.scoring import distinct_names
+    from hdsr.inference.loading import LoadedModel
 
     models = [
         LoadedModel(None, 2, "hdsrnet", f"runs/{r}/checkpoints/last.ckpt") for r in ("x", "y")
@@ -252,7 +252,7 @@ def test_eval_under_ddp_scores_each_image_once_as_one_process_does(tmp_path):
 def test_eval_trainer_config_places_the_scoring_on_device(monkeypatch):
     """device=auto: the trainer config decides (default: CUDA when there is a GPU, else
     the CPU; trainer=ddp: every GPU); cpu/cuda/cuda:N: one process there."""
-    from hdsr.cli.evaluate import trainer_config
+    from hdsr.evaluation.run import trainer_config
 
     base = ["model=bicubic", "data.scale=2", "data.benchmark_root=."]
     for cuda, accelerator in ((False, "cpu"), (True, "cuda")):

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from hdsr.cli import export
-from hdsr.cli.export import check_inputs, main
+from hdsr import export
+from hdsr.cli.export import main
+from hdsr.export import check_inputs
 from hdsr.models import DynamicConv2d, HDSRNet, hdsr_to_official_key, load_official
 
 # the export extra (in the test extra too); without it only the import error is testable
@@ -289,10 +290,10 @@ def test_bad_arguments_and_checkpoints(tiny, tmp_path, capsys):
     fails([str(tmp_path), "-o", out], "is a directory")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    fails([str(junk), "-o", out], "junk.ckpt", "refused")
+    fails([str(junk), "-o", out], "junk.ckpt is not a readable checkpoint")
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(tiny[0].read_bytes()[:5000])
-    fails([str(cut), "-o", out], "cut.ckpt", "not a readable PyTorch checkpoint")
+    fails([str(cut), "-o", out], "cut.ckpt is not a readable checkpoint", "Error")
     alien = _save_ckpt(tmp_path / "alien.ckpt", {}, config={"_target_": "os.system", "scale": 2})
     fails([str(alien), "-o", out], "alien.ckpt", "os.system", "refusing to build it")
     wrong = _save_ckpt(tmp_path / "wrong.ckpt", {"upper.head.conv.weight": torch.zeros(1)})

@@ -10,9 +10,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hdsr.cli.profiling import main
-from hdsr.complexity import build_model, count_macs, profile_model
-from hdsr.imaging import parse_size
+from hdsr.evaluation.complexity import build_model, count_macs, profile_model
 from hdsr.models import HDSRNet
+from hdsr.sizes import parse_size
 
 
 @pytest.mark.parametrize(("scale", "params"), [(2, 1_818_496), (3, 2_003_136), (4, 1_966_208)])

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from hdsr.checkpoints import load_model
 from hdsr.cli.upscale import image_files, load_image, main
 from hdsr.imaging import read_image
 from hdsr.imresize import imresize
-from hdsr.inference import upscale
+from hdsr.inference.forward import upscale
+from hdsr.inference.loading import load_model
 from hdsr.models import HDSRNet
 from helpers.imagefiles import random_png16
 

@@ -22,7 +22,7 @@ BICUBIC = {"astronaut": 31.693843, "chelsea": 35.215884}
 
 
 def test_define_metrics_best_scores_and_lowest_loss_against_the_global_step():
-    from hdsr.loggers import define_metrics
+    from hdsr.training.loggers import define_metrics
 
     calls = []
     fake_run = SimpleNamespace(define_metric=lambda name, **kw: calls.append((name, kw)))
@@ -40,7 +40,7 @@ def test_define_metrics_best_scores_and_lowest_loss_against_the_global_step():
 
 
 def test_image_rows_pair_each_image_with_its_bicubic_score():
-    from hdsr.training import image_rows
+    from hdsr.evaluation.tables import image_rows
 
     scores = {"S": [(0, "a", 30.0, 0.9), (1, "b", 25.5, 0.8)], "T": [(0, "c", 20.0, 0.5)]}
     bicubic = {"S": {"b": (26.0, 0.7), "a": (28.0, 0.85)}, "T": {"c": (19.0, 0.4)}}

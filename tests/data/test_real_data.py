@@ -182,7 +182,7 @@ def test_benchmark_generates_lr_when_absent_and_accepts_aliases(tmp_path):
 
 def test_gray_benchmark_image_is_gray_hr_and_three_channel_input(tmp_path):
     from hdsr.data.datasets import WholeImages
-    from hdsr.scoring import bicubic_scores
+    from hdsr.evaluation.bicubic import bicubic_scores
 
     root = make_benchmark(tmp_path, "Set14", 2, gray=(1,), size=(40, 44))
     pairs = BenchmarkImages(root, "Set14").load(2)

@@ -16,7 +16,7 @@ class SaveEMAPerRank(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from hdsr.ema import EMA
+        from hdsr.training.ema import EMA
 
         (ema,) = [c for c in trainer.callbacks if isinstance(c, EMA)]
         state = {k: v.detach().cpu() for k, v in ema._average_model.module.state_dict().items()}

@@ -240,6 +240,7 @@ def test_bad_scale_is_an_error(bad):
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.usefixtures("default_threads")
 def test_fast_paths_match_the_plain_formulation(model_configs, option, scale, channels_last):
     """channels_last and the sub-pixel tail give the plain NCHW outputs and gradients."""
     cfg = model_configs[(option, scale)].net
@@ -324,3 +325,79 @@ def test_compiled_network_with_dynamic_convs_matches_eager():
     F.l1_loss(out_e, y).backward()
     for (name, a), b in zip(other.named_parameters(), eager.parameters(), strict=True):
         assert float((a.grad - b.grad).norm()) <= 1e-4 * float(b.grad.norm()) + 1e-8, name
+
+
+def _pieces(net: HDSRNet, lr: torch.Tensor) -> torch.Tensor:
+    """``net(lr)`` from the network's description of itself (see hdsr.models.hdsrnet)."""
+    from hdsr.models.hdsrnet import run_steps
+
+    x = net.prepare(lr)
+    feats, stack = x, []
+    for stage in net.upper_stages():
+        assert len(stack) == stage.stack_in
+        feats, stack = run_steps(stage.steps, feats, stack)
+        assert len(stack) == stage.stack_out
+    assert stack == []
+    lower = net.lower_stage()
+    return net.construct(feats, None if lower is None else run_steps(lower.steps, x)[0])
+
+
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_stages_the_network_reports_reproduce_forward(model_configs, option, channels_last):
+    """Run in order on the whole image, the stages, the lower net's stage and
+    ``construct`` give ``forward``'s output to the bit: the tiler can trust them."""
+    for scale in (2, 3, 4):
+        torch.manual_seed(scale)
+        net = instantiate(
+            model_configs[(option, scale)].net, n_feats=8, channels_last=channels_last
+        ).eval()
+        lr = torch.rand(2, 3, 9, 7) * 255
+        with torch.no_grad():
+            assert torch.equal(_pieces(net, lr), net(lr)), (option, scale)
+        stages = net.upper_stages()
+        dynamic = [m for m in net.modules() if isinstance(m, DynamicConv2d)]
+        # one stage, then one per dynamic conv, each starting at it, in execution order
+        assert [st.dynamic for st in stages] == [None, *dynamic]
+        assert all(st.steps[0].dynamic is st.dynamic for st in stages[1:])
+        assert sum(len(st.steps) for st in stages) == len(net.upper.steps())
+
+
+def test_stage_boundaries_and_radii_of_the_released_network():
+    net = HDSRNet(2)
+    stages = net.upper_stages()
+    # head + block 1's push and dilated conv | dynamic, conv, add, push, dilated | ... |
+    # the last dynamic conv, conv, add
+    assert [[s.op for s in st.steps] for st in stages[:2]] == [
+        ["layer", "push", "layer"],
+        ["layer", "layer", "add", "push", "layer"],
+    ]
+    assert [st.radius for st in stages] == [3, 4, 4, 4, 4, 2]  # 21 px in all
+    assert [(st.stack_in, st.stack_out, st.kept) for st in stages] == [
+        (0, 1, 0),
+        *[(1, 1, 0)] * 4,
+        (1, 0, 0),
+    ]
+    lower = net.lower_stage()
+    assert lower is not None and lower.dynamic is None and lower.radius == 16
+    assert [s.op for s in lower.steps[:4]] == ["layer", "push", "layer", "push"]
+    assert [s.op for s in lower.steps[-2:]] == ["layer", "add"]
+    assert HDSRNet(2, lower=None).lower_stage() is None
+    for scale in (2, 3, 4):
+        for subpixel_tail in (False, True):
+            assert HDSRNet(scale, n_feats=8, subpixel_tail=subpixel_tail).tail_radius == 2
+
+
+def test_the_construction_block_reads_no_further_than_its_radius():
+    """An output pixel changes only with inputs within ``tail_radius`` LR px of it."""
+    for scale in (2, 3, 4):
+        for subpixel_tail in (False, True):
+            torch.manual_seed(0)
+            net = HDSRNet(scale, n_feats=4, subpixel_tail=subpixel_tail).eval()
+            feats, lower = torch.rand(1, 4, 9, 9), torch.rand(1, 4, 9, 9)
+            moved = feats.clone()
+            moved[:, :, 4, 4] += 1.0  # one LR pixel: outputs up to the radius may change
+            with torch.no_grad():
+                diff = (net.construct(moved, lower) - net.construct(feats, lower)).abs()
+            rows = diff.amax(dim=(0, 1, 3)).nonzero().flatten() // scale
+            assert int((rows - 4).abs().max()) == net.tail_radius, (scale, subpixel_tail)

@@ -18,7 +18,7 @@ from hdsr.data.datamodule import SRDataModule
 from hdsr.data.pairs import make_pair
 from hdsr.models import HDSRNet
 from hdsr.models.layers import DIV2K_RGB_MEAN, MeanShift
-from hdsr.module import SRModule
+from hdsr.training.module import SRModule
 
 BF16 = torch.bfloat16
 

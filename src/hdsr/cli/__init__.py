@@ -1,14 +1,16 @@
 """Console entry points: ``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval`` (Hydra apps), and
-the modules of the other commands (``upscale``, ``profiling``, ``report``).
+the modules of the other commands (``upscale``, ``profiling``, ``report``, ``export``,
+``search``).
 
-Each command module holds its arguments and orchestration only; the work is done by
-the library below (``hdsr.models``, ``hdsr.data``, ``hdsr.module``, ``hdsr.inference``,
-...)."""
+Each command module holds its arguments and ``main()`` only; the work is done by the
+library below (``hdsr.training``, ``hdsr.evaluation``, ``hdsr.inference``, ...), which
+never imports this package."""
 
 from __future__ import annotations
 
 import sys
 
+from hdsr.cli.evaluate import hydra_main as eval_hydra_main
 from hdsr.cli.overrides import (
     UsageError,
     check_mode_flags,
@@ -17,25 +19,22 @@ from hdsr.cli.overrides import (
     job_dir_overrides,
     with_overrides,
 )
+from hdsr.cli.train import hydra_main as train_hydra_main
+from hdsr.cli.train import prepare_hydra_main
+from hdsr.training.config import CONFIG_MODULE
 
 
 def train_main() -> None:
     """Entry point of ``hdsr-train``."""
-    from hdsr.cli.train import CONFIG_MODULE
-
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     check_mode_flags(argv)
     check_renamed_keys(argv)
     sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
-    from hdsr.cli.train import hydra_main
-
-    hydra_main()
+    train_hydra_main()
 
 
 def prepare_main() -> None:
     """Entry point of ``hdsr-prepare``: build the data caches for a config, train nothing."""
-    from hdsr.cli.train import CONFIG_MODULE
-
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     if any(a in ("-m", "--multirun") for a in argv):
         raise UsageError("hdsr-prepare does not sweep; run it once per data.scale")
@@ -44,18 +43,12 @@ def prepare_main() -> None:
     sys.argv[1:] = with_overrides(
         argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
     )
-    from hdsr.cli.train import prepare_hydra_main
-
     prepare_hydra_main()
 
 
 def eval_main() -> None:
     """Entry point of ``hdsr-eval``: paper-protocol tables from checkpoints."""
-    from hdsr.cli.evaluate import CONFIG_MODULE
-
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     check_mode_flags(argv)
     sys.argv[1:] = argv
-    from hdsr.cli.evaluate import hydra_main
-
-    hydra_main()
+    eval_hydra_main()

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hdsr.training.config import renamed_override
+
 GLOB_CHARS = "*?["
 
 
@@ -173,40 +175,13 @@ def job_dir_overrides(argv: Sequence[str]) -> list[str]:
     ]
 
 
-#: the keys of the old ``optim`` block, and the keys of the optimizer and scheduler config
-#: groups that replaced them (with their defaults, optimizer=adam and scheduler=step)
-RENAMED_KEYS = {
-    "optim.lr": "optimizer.lr",
-    "optim.betas": "optimizer.betas",
-    "optim.eps": "optimizer.eps",
-    "optim.lr_step": "scheduler.step_size",
-    "optim.lr_gamma": "scheduler.gamma",
-}
-
-
-def renamed_key_message(key: str, value: str | None = None) -> str | None:
-    """What to write instead of an ``optim.*`` key (None for any other key)."""
-    if key != "optim" and not key.startswith("optim."):
-        return None
-    new = RENAMED_KEYS.get(key)
-    if new is None:
-        instead = "optimizer.<key> or scheduler.<key>"
-    else:
-        instead = f"{new}={value}" if value is not None else new
-    return (
-        f"'{key}' is no longer a key: the optim block became the optimizer and scheduler "
-        f"config groups; write {instead} (optimizer=adam|adamw, scheduler=step|released; "
-        "optim.lr_step and optim.lr_gamma are scheduler.step_size and scheduler.gamma)"
-    )
 
 
 def check_renamed_keys(argv: Sequence[str]) -> None:
     """Reject ``optim.*`` overrides with the key that replaced each (exit status 2)."""
-    for _, text in _overrides(argv):
-        key, value = text.split("=", 1)
-        message = renamed_key_message(key.lstrip("+~"), value)
-        if message:
-            raise UsageError(message)
+    message = renamed_override([text for _, text in _overrides(argv)])
+    if message:
+        raise UsageError(message)
 
 
 def check_mode_flags(argv: Sequence[str]) -> None:

@@ -6,7 +6,7 @@
 Models are built from the package's Hydra configs (``model=<option>``, ``data.scale=<s>``).
 All sizes are LR *input* sizes (height x width); the output is ``scale`` times larger.
 
-How MACs are counted, and how they relate to the paper's FLOPs: ``hdsr.complexity``.
+How MACs are counted, and how they relate to the paper's FLOPs: ``hdsr.evaluation.complexity``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hdsr.complexity import PAPER_X4_256_GFLOPS, profile_model
-from hdsr.imaging import parse_size
+from hdsr.evaluation.complexity import PAPER_X4_256_GFLOPS, profile_model
+from hdsr.sizes import parse_size
 
 #: Table VI of the paper (HDSRNet x4, RTX 3090): latency in ms per input size.
 PAPER_LATENCY_MS = {"256x256": 14.17, "512x512": 26.11}

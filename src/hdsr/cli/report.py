@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hdsr.imaging import parse_size
-from hdsr.sweep_report import collect, plot_curves, write_table
+from hdsr.errors import UntrustedConfigError
+from hdsr.evaluation.sweep_report import collect, plot_curves, write_table
+from hdsr.sizes import parse_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
         help="LR input size HxW at which MACs are counted (default 256x256)",
     )
     args = ap.parse_args(argv)
-    from hdsr.models.registry import UntrustedConfigError
 
     h, w = args.macs_input
     if not args.sweep_dir.is_dir():

@@ -14,22 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hdsr.search import (
-    DEFAULT_STALE_AFTER,
-    DEFAULT_TRIALS,
-    PROG,
-    STUDY_NAME,
-    CommandLineError,
-    SpaceError,
-    Worker,
-    _error,
-    _import_optuna,
-    build_pruner,
-    build_sampler,
-    check_against_config,
-    load_space,
-    summary,
-)
+from hdsr.search import PROG
+from hdsr.search.overrides import CommandLineError, check_against_config
+from hdsr.search.schema import SpaceError
+from hdsr.search.space import STUDY_NAME, load_space
+from hdsr.search.study import build_pruner, build_sampler, import_optuna
+from hdsr.search.worker import DEFAULT_STALE_AFTER, DEFAULT_TRIALS, Worker, summary
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stale_after <= 0:
         return _error(f"--stale-after must be positive, got {args.stale_after}")
     try:
-        _import_optuna()
+        import_optuna()
     except SystemExit as missing:
         print(missing.code, file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ Memory: each image runs untiled when its estimated peak fits the budget (``--max
 default 60% of the memory available now, within a cgroup/SLURM limit), else in tiles
 run stage by stage (exact: the dynamic convs use whole-image statistics; about one pass
 of work), else, for the smallest budgets, in overlapping windows (exact, about two
-passes). Which path runs and why is printed once per image (``hdsr.budget``).
+passes). Which path runs and why is printed once per image (``hdsr.inference.budget``).
 ``--tile N`` forces tiles of N LR pixels, ``--tile 0`` never tiles. The next image is
 read and the previous one written in background threads while the network runs.
 """
@@ -40,10 +40,18 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from hdsr.budget import BudgetTooSmall, Plan, parse_memory
-from hdsr.imaging import PRECISIONS, ImageReadError
-from hdsr.inference import DEFAULT_OVERLAP
-from hdsr.upscaling import (
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from hdsr.devices import PRECISIONS, resolve_device
+from hdsr.imaging import ImageReadError
+from hdsr.inference.budget import BudgetTooSmall, Plan
+from hdsr.inference.files import (
     LoadedImage,
     image_files,
     load_image,
@@ -51,6 +59,10 @@ from hdsr.upscaling import (
     save_atomically,
     upscale_image,
 )
+from hdsr.inference.forward import DEFAULT_OVERLAP
+from hdsr.inference.loading import load_model
+from hdsr.runtime import retain_host_memory
+from hdsr.sizes import parse_memory
 
 
 def _memory(text: str) -> int:
@@ -148,17 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from hdsr.checkpoints import load_model
-    from hdsr.imaging import resolve_device
-    from hdsr.runtime import retain_host_memory
 
     retain_host_memory(args.retain_host_memory)
 

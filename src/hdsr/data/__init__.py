@@ -10,6 +10,7 @@ __all__ = ["SRDataModule", "imresize", "modcrop"]
 
 def __getattr__(name: str):
     if name == "SRDataModule":
+        # Lightning: loaded by the DataModule's users only, so hdsr.data stays light
         from hdsr.data.datamodule import SRDataModule
 
         return SRDataModule

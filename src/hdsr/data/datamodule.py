@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from hdsr.data.benchmarks import BenchmarkImages
 from hdsr.data.datasets import (
     DevicePatchLoader,
     PatchSampler,
@@ -201,8 +202,6 @@ def resolve_sets(
         raise ValueError(
             f"{key} names benchmark sets {list(sets)} but data.benchmark_root is unset"
         )
-    from hdsr.data.benchmarks import BenchmarkImages
-
     return {name: BenchmarkImages(benchmark_root, name) for name in sets}
 
 

@@ -6,11 +6,31 @@ Every variant is a configuration of the same parts: the layers inside each heter
 block, whether the blocks are residual, and which lower net (if any) multiplies the upper
 net's output. Images are RGB tensors ``(B, 3, H, W)`` on a 0..255 scale; the output is
 ``(B, 3, s*H, s*W)`` on the same scale (not clipped).
+
+The forward pass in pieces
+--------------------------
+Besides ``forward``, :class:`HDSRNet` describes its pass as data, for code that runs it
+piece by piece (``hdsr.inference.tiling`` runs it over tiles). On whole maps:
+
+    x = net.prepare(image)                          # pointwise
+    feats, stack = x, []
+    for stage in net.upper_stages():                # cut before each dynamic conv
+        feats, stack = run_steps(stage.steps, feats, stack)
+    low = run_steps(net.lower_stage().steps, x)[0]  # None without a lower net
+    sr = net.construct(feats, low)                  # reads net.tail_radius px around
+
+Each net is a program of :class:`Step` s (a Conv+ReLU layer with its receptive radius, or
+a push/add of a saved map), so the residual and symmetric skips are explicit; the upper
+net's program is cut into :class:`Stage` s before each dynamic conv, whose attention
+pools its whole input. The pieces give ``forward``'s output to the bit
+(``tests/models/test_models.py`` checks it); ``forward`` itself does not use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +61,138 @@ def make_layer(kind: str, n_feats: int, temperature: float = 40.0) -> ConvReLU:
     raise ValueError(f"unknown layer kind {kind!r}; expected one of {LAYER_KINDS}")
 
 
+def receptive_radius(layer: nn.Module) -> int:
+    """Pixels of context a size-keeping layer reads on each side of an output pixel:
+    ``dilation * (kernel // 2)`` for a (square) conv, a dynamic conv or a Conv+ReLU."""
+    conv = layer.conv if isinstance(layer, ConvReLU) else layer
+    if isinstance(conv, DynamicConv2d):
+        return conv.kernel_size // 2
+    if isinstance(conv, nn.Conv2d) and conv.kernel_size[0] == conv.kernel_size[1]:
+        return conv.dilation[0] * (conv.kernel_size[0] // 2)
+    raise TypeError(f"no receptive radius known for {type(conv).__name__}")
+
+
+#: what a :class:`Step` does
+STEP_OPS = ("layer", "push", "add")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a net's forward pass, a program over the current map ``x`` and a stack
+    of saved maps (all ``(B, C, H, W)``; ``C`` is ``n_feats`` except the first layer's
+    3-channel input):
+
+    * ``"layer"``: ``x = layer(x)``. ``layer`` is a :class:`ConvReLU` whose zero padding
+      keeps the size; an output pixel reads ``radius`` pixels of ``x`` on each side (a
+      dynamic conv, in addition, mixes its kernels from the mean of all of ``x``).
+    * ``"push"``: save ``x`` on the stack (it stays the current map): a residual block's
+      input, a symmetric lower net's first-half outputs.
+    * ``"add"``: ``x = x + stack.pop()``: a residual block's end, a lower layer's skip sum.
+
+    :func:`run_steps` runs a list of them.
+    """
+
+    op: str
+    layer: ConvReLU | None = None
+    radius: int = 0
+
+    def __post_init__(self) -> None:
+        if self.op not in STEP_OPS:
+            raise ValueError(f"unknown step {self.op!r}; expected one of {STEP_OPS}")
+        if (self.layer is None) == (self.op == "layer"):
+            raise ValueError(f"a 'layer' step, and only one, has a layer: {self}")
+
+    @classmethod
+    def of(cls, layer: ConvReLU) -> Step:
+        """The ``"layer"`` step of ``layer``, with its receptive radius."""
+        return cls("layer", layer, receptive_radius(layer))
+
+    @property
+    def dynamic(self) -> DynamicConv2d | None:
+        """The step's :class:`DynamicConv2d` (None for any other step)."""
+        conv = getattr(self.layer, "conv", None)
+        return conv if isinstance(conv, DynamicConv2d) else None
+
+
+def run_steps(
+    steps: Sequence[Step],
+    x: Any,
+    stack: Sequence[Any] = (),
+    *,
+    apply: Callable[[Step, Any], Any] | None = None,
+) -> tuple[Any, list[Any]]:
+    """Run ``steps`` on the current map ``x`` and a ``stack`` of saved maps (bottom first):
+    returns the final ``(x, stack)``.
+
+    ``apply(step, x)`` runs a ``"layer"`` step (default ``step.layer(x)``); with it the
+    maps may be anything that ``apply`` takes and ``+`` adds, e.g. tiles that track
+    which pixels of the image they hold. The sums are ``x + stack.pop()``, in ``forward``'s
+    operand order.
+    """
+    stack = list(stack)
+    for step in steps:
+        if step.op == "layer":
+            x = step.layer(x) if apply is None else apply(step, x)
+        elif step.op == "push":
+            stack.append(x)
+        else:
+            x = x + stack.pop()
+    return x, stack
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of steps that needs no statistic of a whole map, except at its start: the
+    whole-map mean of its input when it starts with a dynamic conv.
+
+    Attributes:
+        steps: the steps, in order.
+        dynamic: the dynamic conv of the first step, whose attention pools the stage's
+            input ``x`` over the whole image (``(B, C)`` mean over ``H, W``); None when the
+            stage does not start with one (the upper net's first stage, the lower net).
+        stack_in: maps on the stack when the stage starts (residual inputs carried in
+            from the stage before).
+        stack_out: maps on the stack when it ends (carried on to the next stage).
+        kept: the bottom ``kept`` maps of the stack are never popped in the stage, so
+            they leave it as they came in; those above are the stage's own.
+    """
+
+    steps: tuple[Step, ...]
+    dynamic: DynamicConv2d | None
+    stack_in: int
+    stack_out: int
+    kept: int
+
+    @property
+    def radius(self) -> int:
+        """Pixels of context the stage reads around an output pixel: its layers' radii,
+        summed (the maps it starts with, on its core and this far around it)."""
+        return sum(step.radius for step in self.steps)
+
+
+def cut_stages(steps: Sequence[Step], stack: int = 0) -> list[Stage]:
+    """``steps`` cut before each dynamic conv: a first stage (empty if the first step is
+    a dynamic conv), then one stage from each dynamic conv to the next. ``stack``: maps
+    on the stack at the start."""
+    groups: list[list[Step]] = [[]]
+    for step in steps:
+        if step.dynamic is not None:
+            groups.append([])
+        groups[-1].append(step)
+    stages = []
+    for group in groups:
+        depth = low = stack
+        for step in group:
+            depth += {"push": 1, "add": -1}.get(step.op, 0)
+            low = min(low, depth)
+        if low < 0:
+            raise ValueError("an 'add' step with nothing on the stack")
+        first = group[0].dynamic if group else None
+        stages.append(Stage(tuple(group), first, stack, depth, low))
+        stack = depth
+    return stages
+
+
 class HeterogeneousBlock(nn.Module):
     """``body(x) + x`` (or ``body(x)`` when ``residual`` is False); body = the given layers."""
 
@@ -56,6 +208,11 @@ class HeterogeneousBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
         return y + x if self.residual else y
+
+    def steps(self) -> list[Step]:
+        """``forward`` as steps: push the input, the layers, add it back (residual)."""
+        layers = [Step.of(layer) for layer in self.body]
+        return [Step("push"), *layers, Step("add")] if self.residual else layers
 
 
 class UpperNet(nn.Module):
@@ -81,6 +238,10 @@ class UpperNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.head(x))
+
+    def steps(self) -> list[Step]:
+        """``forward`` as steps: the head, then each block's steps."""
+        return [Step.of(self.head), *(step for block in self.blocks for step in block.steps())]
 
 
 class LowerNet(nn.Module):
@@ -117,6 +278,16 @@ class LowerNet(nn.Module):
         for layer in self.layers[half:]:
             x = layer(x) + outs.pop()
         return x
+
+    def steps(self) -> list[Step]:
+        """``forward`` as steps: the layers, the first half's outputs pushed and each
+        second-half layer's output added to the last one pushed (symmetric)."""
+        if not self.symmetric:
+            return [Step.of(layer) for layer in self.layers]
+        half = len(self.layers) // 2
+        first = (s for layer in self.layers[:half] for s in (Step.of(layer), Step("push")))
+        second = (s for layer in self.layers[half:] for s in (Step.of(layer), Step("add")))
+        return [*first, *second]
 
 
 class Upsampler(nn.Sequential):
@@ -210,6 +381,23 @@ class ConstructionBlock(nn.Module):
         self.subpixel_map = subpixel_selection(r, like.device, like.dtype)
         return self
 
+    @property
+    def radius(self) -> int:
+        """LR pixels of input the block reads on each side of the LR pixels whose output
+        it makes (2 at x2, x3 and x4): the region an HR pixel reads, traced back through
+        each conv (``+radius``) and pixel shuffle (``/factor``, rounded up). With
+        ``subpixel_tail`` the final conv is a 3x3 conv on the grid before the last
+        shuffle."""
+        layers: list[nn.Module] = list(self.upsample)
+        layers.insert(len(layers) - 1 if self.subpixel_tail else len(layers), self.conv)
+        reach = 0
+        for layer in reversed(layers):
+            if isinstance(layer, nn.PixelShuffle):
+                reach = -(-reach // layer.upscale_factor)
+            else:
+                reach += receptive_radius(layer)
+        return reach
+
     def forward(self, x: torch.Tensor, then: torch.dtype | None = None) -> torch.Tensor:
         """``x`` (B, n_feats, h, w) -> the image (B, 3, s*h, s*w) in float32 (or wider).
 
@@ -263,6 +451,9 @@ class HDSRNet(nn.Module):
     The output is float32 under autocast and with bfloat16/float16 weights too: the
     layers between the mean shifts run in the low precision, but the mean shifts and the
     final conv, which make the image on the 0..255 scale, run in float32.
+
+    The same pass in pieces (module docstring): :meth:`prepare`, :meth:`upper_stages`,
+    :meth:`lower_stage`, :meth:`construct` and :attr:`tail_radius`.
     """
 
     def __init__(
@@ -301,9 +492,45 @@ class HDSRNet(nn.Module):
         feats = self.upper(x)
         return self.construct(feats, None if self.lower is None else self.lower(x))
 
+    # --- the forward pass in pieces (see the module docstring) ---------------------------
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward``'s first step, the map both nets read: the image ``(B, 3, H, W)`` on
+        0..rgb_range, in the network's memory format, less the DIV2K mean (float32 for a
+        float32 image). Pointwise: a crop of the image gives the same crop of the map."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.sub_mean(x)
+
+    def upper_stages(self) -> list[Stage]:
+        """The upper net (HUNet) cut before each dynamic conv, in order: the first stage
+        maps ``prepare(image)`` (3 channels, empty stack) to ``n_feats`` channels; each
+        later stage starts with a dynamic conv and continues the one before (its ``x``
+        and stack); the last ends with the map ``construct`` reads as ``feats``, on an
+        empty stack. Stage ``k`` can run on a part of the image once the whole-image mean
+        of its input (stage ``k-1``'s output) is known. One stage when there is no dynamic
+        conv."""
+        return cut_stages(self.upper.steps())
+
+    def lower_stage(self) -> Stage | None:
+        """The lower net (SLNet) as one stage (no dynamic conv), mapping ``prepare(image)``
+        to the map ``construct`` reads as ``lower``; None without a lower net."""
+        if self.lower is None:
+            return None
+        (stage,) = cut_stages(self.lower.steps())
+        return stage
+
+    @property
+    def tail_radius(self) -> int:
+        """LR pixels of ``feats`` and ``lower`` that ``construct`` reads on each side of the
+        LR pixels whose ``scale`` x ``scale`` output it makes (the construction block's
+        reach; the product and the mean shift are pointwise)."""
+        return self.tail.radius
+
     def construct(self, feats: torch.Tensor, lower: torch.Tensor | None) -> torch.Tensor:
         """The image from the two nets' maps: ``add_mean(CB(feats * lower))`` (``CB(feats)``
-        without a lower net), float32. Also run on tiles by ``hdsr.tiling``."""
+        without a lower net), float32; ``feats`` and ``lower`` are ``(B, n_feats, h, w)``,
+        the image ``(B, 3, s*h, s*w)``. Also run on tiles by ``hdsr.inference.tiling``."""
         if lower is None:
             return self.add_mean(self.tail(feats))
         if torch.float16 not in (feats.dtype, lower.dtype):

@@ -44,7 +44,7 @@ class MeanShift(nn.Module):
 
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast switched off on ``device_type`` (a no-op where autocast does not exist,
-    e.g. the meta device of ``hdsr.complexity``'s shape-only runs)."""
+    e.g. the meta device of ``hdsr.evaluation.complexity``'s shape-only runs)."""
     if not torch.amp.is_autocast_available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
+from hdsr.checkpoint_io import read_checkpoint
 from hdsr.models.hdsrnet import HDSRNet, check_scale
 
 _BLOCK_LAYERS = 3  # dilated, dynamic, conv in each released block
@@ -97,9 +98,7 @@ def load_official(
     if isinstance(path_or_state_dict, Mapping):
         state = path_or_state_dict
     else:
-        state = torch.load(
-            os.fspath(path_or_state_dict), map_location=map_location, weights_only=True
-        )
+        state = read_checkpoint(os.fspath(path_or_state_dict), map_location=map_location)
     if isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     converted = convert_official_state_dict(state, scale)

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from hdsr.errors import UntrustedConfigError
+
 #: ``_target_`` strings a file may name -> (module, class name) of the network they build
 NETWORKS: dict[str, tuple[str, str]] = {
     "hdsr.models.HDSRNet": ("hdsr.models.hdsrnet", "HDSRNet"),
@@ -25,11 +27,6 @@ NETWORKS: dict[str, tuple[str, str]] = {
 }
 
 _SCALARS = (bool, int, float, str, type(None))
-
-
-class UntrustedConfigError(ValueError):
-    """A network config from a file that would build something other than an hdsr network,
-    or with arguments that are not plain data; the message names the file and the key."""
 
 
 def _plain(value: Any) -> bool:

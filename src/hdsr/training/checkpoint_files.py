@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import re
 import secrets
 from datetime import UTC, datetime
@@ -29,7 +28,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from hdsr.loggers import ConfigError
+from hdsr.checkpoint_io import read_checkpoint as read_file
+from hdsr.errors import ConfigError, UnreadableCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -114,33 +114,16 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-class UnreadableCheckpoint(Exception):
-    """A file that is not a checkpoint a weights-only load can read; the message says why."""
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip()
-    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-        detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")
-        return "a weights-only load refuses the Python objects pickled in it" + (
-            f" ({detail})" if detail else ""
-        )
-    first = text.splitlines()[0].split(". ")[0] if text else "empty or cut short"
-    return f"{type(err).__name__}: {first}"
-
-
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The Lightning checkpoint in ``path``, loaded weights-only on the CPU.
 
     Raises ``UnreadableCheckpoint`` for a torn or truncated file, a file that is not a
     Lightning checkpoint, and one that would need arbitrary unpickling.
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - whatever the cause, the file cannot be resumed
-        raise UnreadableCheckpoint(_reason(err)) from None
+    ckpt = read_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
-        raise UnreadableCheckpoint("not a Lightning checkpoint (no state_dict and global_step)")
+        reason = "not a Lightning checkpoint (no state_dict and global_step)"
+        raise UnreadableCheckpoint(path, reason)
     return ckpt
 
 
@@ -154,7 +137,7 @@ def newest_readable(folder: Path, exclude: Path | None = None) -> tuple[Path, di
         try:
             ckpt = read_checkpoint(path)
         except UnreadableCheckpoint as err:
-            log.warning("%s is unreadable too (%s)", path, err)
+            log.warning("%s is unreadable too (%s)", path, err.reason)
             continue
         key = (int(ckpt["global_step"]), path.stat().st_mtime_ns)
         if best is None or key > best[:2]:
@@ -176,7 +159,7 @@ def resume_checkpoint(folder: Path, announce: bool = True) -> tuple[Path, dict] 
     try:
         return last, read_checkpoint(last)
     except UnreadableCheckpoint as err:
-        say("%s is unreadable (%s); not resuming from it", last, err)
+        say("%s is unreadable (%s); not resuming from it", last, err.reason)
     found = newest_readable(folder, exclude=last)
     if found is None:
         say("no readable checkpoint in %s: starting fresh", folder)

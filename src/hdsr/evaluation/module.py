@@ -1,4 +1,6 @@
-"""LightningModule: L1 training of an SR network, paper-protocol validation and test."""
+"""The LightningModule that scores a network on whole images, paper protocol: validation
+during training (``hdsr.training.module.SRModule`` extends it) and ``Trainer.test`` for
+``hdsr-eval`` (``hdsr.evaluation.scoring.score_sets``)."""
 
 from __future__ import annotations
 
@@ -9,120 +11,33 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hdsr.callbacks import center_crop
 from hdsr.data.datasets import ShardSampler
-from hdsr.imaging import PRECISIONS, to_uint8_image, write_png
-from hdsr.inference import DEFAULT_OVERLAP, upscale
+from hdsr.evaluation.bicubic import bicubic_sr
+from hdsr.imaging import center_crop, to_uint8_image, write_png
+from hdsr.inference.forward import ScoringNet, inference_options, upscale
 from hdsr.metrics import PSNRY, SSIMY, sr_like_hr
-from hdsr.models.hdsrnet import count_parameters
 from hdsr.models.layers import full_precision
-from hdsr.optimizers import (
-    PAPER_ADAM,
-    PAPER_STEP_LR,
-    OptimizerFactory,
-    SchedulerFactory,
-    build_optimizer,
-    describe,
-)
-from hdsr.scoring import bicubic_sr
-
-#: the test step's inference options (hdsr-eval's), with their defaults: one float32 pass
-#: over the whole image, which scores what validation scores
-INFERENCE_DEFAULTS: dict[str, Any] = {
-    "tile": None,
-    "tile_overlap": DEFAULT_OVERLAP,
-    "max_memory": None,
-    "self_ensemble": False,
-    "precision": "32",
-}
-
-
-class ScoringNet(nn.Module):
-    """``net`` as it is scored: float32 activations, channels_last input when the
-    network is held channels_last, and weights held in bfloat16/float16 (``bf16-true``,
-    ``16-true``) cast up to float32 for the pass (the network keeps them).
-
-    A module holding ``net``, so ``hdsr.inference.upscale`` finds its dynamic convs for
-    tiled inference. Autocast is left as the caller has it. Made for one image: the
-    float32 copies of low-precision weights are taken once, when it is built, and serve
-    every forward of the image (tiles, self-ensemble passes).
-    """
-
-    def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
-        super().__init__()
-        self.net = net
-        self.channels_last = channels_last
-        self.low = {
-            name: t.float()
-            for name, t in (*net.named_parameters(), *net.named_buffers())
-            if t.dtype in (torch.bfloat16, torch.float16)
-        }
-
-    @property
-    def stagewise_net(self) -> nn.Module | None:
-        """The network ``hdsr.tiling.stagewise_forward`` may run in its place: ``net``
-        when its weights are float32 already (nothing to cast), else None."""
-        return None if self.low else self.net
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
-        if not self.low:
-            return self.net(lr)
-        return torch.func.functional_call(self.net, self.low, (lr,), strict=False)
-
-
-def _inference_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``options`` over :data:`INFERENCE_DEFAULTS`; unknown keys and precisions refused."""
-    opts = {**INFERENCE_DEFAULTS, **dict(options or {})}
-    unknown = sorted(set(opts) - set(INFERENCE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown inference options {unknown}; known: {list(INFERENCE_DEFAULTS)}")
-    opts["precision"] = str(opts["precision"])
-    if opts["precision"] not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {opts['precision']!r}")
-    return opts
 
 
 def _set_metrics(scale: int) -> nn.ModuleDict:
     return nn.ModuleDict({"psnr_y": PSNRY(scale), "ssim_y": SSIMY(scale)})
 
 
-class SRModule(L.LightningModule):
-    """Trains ``net`` with L1 loss and Adam; validates and tests with Y-channel PSNR/SSIM.
+class EvaluationModule(L.LightningModule):
+    """Scores ``net`` with Y-channel PSNR/SSIM on whole images: validation and test steps.
 
     Args:
         net: the SR network, mapping (B, 3, h, w) -> (B, 3, s*h, s*w) on 0..255.
         scale: its upscaling factor (also the border shaved by the metrics).
-        optimizer: builds the optimizer from the parameters: a partial, as the
-            ``optimizer`` config group gives it (``_partial_: true``). Completed with
-            ``fused=True``, or ``foreach=True`` under *-mixed precision with gradient
-            clipping, where the optimizer takes it and the partial sets neither
-            (``hdsr.optimizers.build_optimizer``). Default: the paper's Adam (lr 1e-4,
-            betas (0.9, 0.999), eps 1e-8).
-        scheduler: builds the LR scheduler from the optimizer (the ``scheduler`` group),
-            stepped after every optimizer step; None: a constant learning rate.
-            Default: the paper's StepLR, halving the rate every 300,000 steps.
         val_set_names: names of the validation loaders, in order (for metric keys).
         test_set_names: names of the test loaders, in order.
-        channels_last: run the network in channels_last memory format.
-        compile: run the forward pass through ``torch.compile`` (weights stay in ``net``,
-            so checkpoints keep plain key names).
+        channels_last: the network runs in channels_last memory format.
         log_images: per validation set, how many images get SR/bicubic/HR crops logged to
             image-capable loggers (W&B).
-        net_config: the Hydra config that built ``net`` (``_target_`` and arguments); kept
-            in the checkpoint so ``hdsr.checkpoints.load_model`` can rebuild the network.
-        name: the variant's name (``model.name``), kept in the checkpoint as
-            ``model_name``.
-
-    The checkpoint's ``hyper_parameters`` hold plain data only (hdsr reads checkpoints
-    weights-only): the arguments above but ``net``, with ``optimizer`` and ``scheduler``
-    recorded as what they build (``hdsr.optimizers.describe``). Resuming restores the
-    optimizer's and scheduler's state from the checkpoint, whatever built them.
+        inference: the test step's options (below).
+        image_dir: where the test step writes each SR image (below).
 
     Scores: a :class:`~hdsr.metrics.PSNRY` and an :class:`~hdsr.metrics.SSIMY` per
     validation and per test set (``val_metrics[k]``, ``test_metrics[k]``), synchronised
@@ -130,15 +45,15 @@ class SRModule(L.LightningModule):
     ``<stage>/ssim_y/<set>``; their states are not part of the checkpoint.
 
     Validation scores :meth:`predict_fp32`'s image; the test step scores :meth:`predict`'s,
-    ``hdsr.inference.upscale`` with the options below (``hdsr-eval``'s), neither of them
-    saved in checkpoints:
+    ``hdsr.inference.forward.upscale`` with the options below (``hdsr-eval``'s), neither of
+    them saved in checkpoints:
 
     * ``inference``: ``tile`` (None: by the memory budget, untiled when the image fits;
       0: never tiled; N: LR tiles of N px), ``tile_overlap``, ``max_memory`` (bytes, None:
       the default budget), ``self_ensemble`` and ``precision`` ("32", "bf16" or "16"
-      autocast), as ``upscale`` takes them; missing ones are :data:`INFERENCE_DEFAULTS`,
-      with which the test step scores what validation scores, to the bit (whole images
-      that fit the budget).
+      autocast), as ``upscale`` takes them; missing ones are
+      :data:`hdsr.inference.forward.INFERENCE_DEFAULTS`, with which the test step scores
+      what validation scores, to the bit (whole images that fit the budget).
     * ``image_dir``: where the test step writes each SR image (uint8, as scored), as
       ``<image_dir>/<set>/<name>_x<scale>.png``; None writes nothing.
     """
@@ -147,32 +62,20 @@ class SRModule(L.LightningModule):
         self,
         net: nn.Module,
         scale: int,
-        optimizer: OptimizerFactory = PAPER_ADAM,
-        scheduler: SchedulerFactory | None = PAPER_STEP_LR,
         val_set_names: Sequence[str] = ("val",),
         test_set_names: Sequence[str] = (),
         channels_last: bool = False,
-        compile: bool = False,
         log_images: int = 2,
-        net_config: dict | None = None,
-        name: str | None = None,
         inference: Mapping[str, Any] | None = None,
         image_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            ignore=["net", "name", "optimizer", "scheduler", "inference", "image_dir"]
-        )
-        # plain data in the checkpoint: the model's name, and what the partials build
-        self.save_hyperparameters(
-            {"model_name": name, "optimizer": describe(optimizer), "scheduler": describe(scheduler)}
-        )
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = net
         self.scale = scale
+        self.log_images = log_images
         self.val_set_names = list(val_set_names)
         self.test_set_names = list(test_set_names)
-        self.inference = _inference_options(inference)
+        self.inference = inference_options(inference)
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.val_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.val_set_names])
         self.test_metrics = nn.ModuleList([_set_metrics(scale) for _ in self.test_set_names])
@@ -187,15 +90,6 @@ class SRModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # kept out of the module tree, so checkpoints hold the weights once, under net.*
-        object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        """The training forward: ``torch.compile``'d with ``compile``, under the trainer's
-        precision (validation and test use ``predict_fp32``)."""
-        if self.channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        return self._forward(lr)
 
     def predict_fp32(self, lr: torch.Tensor) -> torch.Tensor:
         """The SR image of ``lr`` for scoring: the eager ``net``, float32 throughout.
@@ -213,7 +107,7 @@ class SRModule(L.LightningModule):
             return ScoringNet(self.net, self.channels_last)(lr)
 
     def predict(self, lr: torch.Tensor) -> torch.Tensor:
-        """The SR image of ``lr`` as the test step makes it: ``hdsr.inference.upscale``
+        """The SR image of ``lr`` as the test step makes it: ``hdsr.inference.forward.upscale``
         (what ``hdsr-upscale`` runs) with the module's ``inference`` options, on
         :class:`ScoringNet` (float32 weights; autocast only as ``precision`` asks, not
         as the trainer's precision plugin does). With the default options it is
@@ -233,16 +127,6 @@ class SRModule(L.LightningModule):
                 device=lr.device,
                 precision=opts["precision"],
             )
-
-    def on_fit_start(self) -> None:
-        params = count_parameters(self.net)
-        for logger in self.loggers:
-            logger.log_metrics({"model/params": float(params)}, step=self.global_step)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = F.l1_loss(self(batch["lr"]), batch["hr"])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
 
     def on_validation_epoch_start(self) -> None:
         self._start_scoring(self.val_set_names, self.val_metrics)
@@ -273,7 +157,7 @@ class SRModule(L.LightningModule):
         name = self.val_set_names[dataloader_idx]
         metrics = self.val_metrics[dataloader_idx]
         sr, _ = self._score(batch, name, metrics, self.predict_fp32(batch["lr"]))
-        if batch_idx < self.hparams.log_images and self._image_loggers():
+        if batch_idx < self.log_images and self._image_loggers():
             self._keep_crops(name, batch, sr)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -361,14 +245,3 @@ class SRModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_set_names, self.test_metrics)
-
-    def configure_optimizers(self):
-        # fused kernel, or foreach under *-mixed precision with clipping (build_optimizer)
-        trainer = self._trainer
-        mixed = trainer is not None and str(trainer.precision).endswith("-mixed")
-        clipping = trainer is not None and bool(trainer.gradient_clip_val)
-        opt = build_optimizer(self.optimizer_factory, self.parameters(), mixed, clipping)
-        if self.scheduler_factory is None:
-            return opt
-        sched = self.scheduler_factory(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,4 +1,5 @@
-"""CUDA backend switches: TF32 while training, exact float32 while evaluating.
+"""Devices and precision: ``"auto"`` devices, autocast for a ``precision`` option, and the
+CUDA backend switches (TF32 while training, exact float32 while evaluating).
 
 On Ampere and later GPUs, TF32 runs float32 matmuls and convolutions on tensor cores with
 a 10-bit mantissa: several times faster, and accurate enough for training, but evaluated
@@ -27,6 +28,27 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+#: ``precision`` option -> autocast dtype (None: float32, no autocast)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` "bf16" or "16" on ``device``; a no-op for "32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
 
 #: the per-backend float32 precision strings of torch >= 2.9 ("" is the global one), in
 #: the order they are restored: a leaf that reads "none" inherits its parent's value
@@ -151,13 +173,15 @@ def uses_cuda(accelerator: Any) -> bool:
     return name == "auto" and torch.cuda.is_available()
 
 
-def trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
-    """Keyword arguments for ``lightning.Trainer`` from the ``trainer`` config group.
+#: what ``trainer`` configs build when they name no ``_target_`` (hdsr 0.1's configs)
+TRAINER_TARGET = "lightning.pytorch.Trainer"
 
-    A ``strategy`` given as a Hydra node with ``_target_`` (``trainer=ddp``:
-    ``lightning.pytorch.strategies.DDPStrategy`` with its DDP options) is instantiated;
-    a string (``auto``, ``ddp``) passes through. When the run will train on CUDA, TF32 is
-    allowed explicitly (:func:`set_cuda_tf32`), whatever torch's defaults are.
+
+def trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
+    """The ``trainer`` config group as a plain dict for ``instantiate`` (its ``_target_``,
+    ``lightning.pytorch.Trainer`` when it names none; a ``strategy`` node with a
+    ``_target_`` stays a node, built with the Trainer). When the run will train on CUDA,
+    TF32 is allowed explicitly (:func:`set_cuda_tf32`), whatever torch's defaults are.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -166,11 +190,15 @@ def trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
         if isinstance(trainer_cfg, DictConfig)
         else dict(trainer_cfg)
     )
-    strategy = kwargs.get("strategy")
-    if isinstance(strategy, dict) and "_target_" in strategy:
-        from hydra.utils import instantiate
-
-        kwargs["strategy"] = instantiate(strategy)
+    kwargs.setdefault("_target_", TRAINER_TARGET)
     if uses_cuda(kwargs.get("accelerator", "auto")):
         set_cuda_tf32(True)
     return kwargs
+
+
+def build_trainer(trainer_cfg: Any, **extra: Any) -> Any:
+    """The Lightning Trainer of a ``trainer`` config (:func:`trainer_kwargs`), built by
+    hydra's ``instantiate`` with ``extra`` arguments (callbacks, loggers, plugins...)."""
+    from hydra.utils import instantiate  # with Lightning: only when a Trainer is built
+
+    return instantiate(trainer_kwargs(trainer_cfg), **extra)

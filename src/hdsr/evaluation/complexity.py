@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hdsr.devices import autocast_context, resolve_device
 from hdsr.models.hdsrnet import ConstructionBlock
 from hdsr.models.layers import DynamicConv2d, MeanShift
 
@@ -162,7 +163,6 @@ def measure_latency(
     ``torch.inference_mode`` (CUDA is synchronized around each). Returns milliseconds:
     ``{"median", "mean", "min"}``.
     """
-    from hdsr.imaging import autocast_context, resolve_device
 
     dev = resolve_device(device)
     net = net.to(dev).eval()
@@ -201,7 +201,6 @@ def profile_model(
 ) -> dict[str, Any]:
     """One record: parameters, MACs at ``input_hw`` and latency at each of ``latency_sizes``
     (all LR input sizes) for ``model=<option>`` at ``scale``."""
-    from hdsr.imaging import resolve_device
 
     net, name = build_model(option, scale)
     net.eval()

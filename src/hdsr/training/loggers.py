@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.checkpoint_io import read_checkpoint
+from hdsr.runtime import wandb_mode
+
 WANDB_ID_FILE = "wandb_run_id"
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
-
-
-def wandb_mode(cfg_mode: str | None) -> str:
-    """online/offline/disabled: the configured mode, else WANDB_MODE, else by API key."""
-    if cfg_mode:
-        mode = str(cfg_mode)
-    elif os.environ.get("WANDB_MODE"):
-        mode = os.environ["WANDB_MODE"]
-        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-    else:
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if mode not in ("online", "offline", "disabled"):
-        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {mode!r}")
-    return mode
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
@@ -43,6 +30,12 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     return run_id
 
 
+#: keys of a ``logger`` entry that are hdsr's settings, not the logger's arguments
+RUN_SETTINGS = ("enabled", "mode", "tags", "log_images", "log_model")
+#: the ``_target_`` of hdsr's W&B logger (its run gets the run's id, name, group and tags)
+WANDB_TARGET = "hdsr.training.loggers.WandbLogger"
+
+
 def build_loggers(
     cfg: DictConfig,
     run_dir: Path,
@@ -52,44 +45,51 @@ def build_loggers(
     rank_zero: bool = True,
     val_sets: Sequence[str] = (),
 ) -> list[Any]:
-    """CSV logger (a new ``csv/version_N`` per start) and, if enabled, a WandbLogger.
+    """The loggers of ``cfg.logger``, in order, each built by ``instantiate`` with
+    ``save_dir`` the run folder: the CSV logger (a new ``csv/version_N`` per start) and,
+    if enabled, hdsr's WandbLogger.
 
-    The W&B run is made on global rank 0 only (other ranks would race on its id file).
-    Its metric summaries (``define_metrics``, with the validation sets ``val_sets``) are
-    defined when it starts.
+    Left out: an entry that is null or false, or whose ``enabled`` is false. The W&B run
+    is made on global rank 0 only (other ranks would race on its id file), not at all in
+    ``mode`` disabled; it gets the run's name, its id (kept across resumes), the sweep's
+    group, tags (model, scale, seed, then ``tags``) and the resolved config. Its metric
+    summaries (``define_metrics``, with the validation sets ``val_sets``) are defined when
+    it starts.
     """
-    from lightning.pytorch.loggers import CSVLogger
-
     loggers: list[Any] = []
-    if cfg.logger.get("csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
-    wb = cfg.logger.get("wandb") or {}
-    if not wb.get("enabled", False) or not rank_zero:
-        return loggers
-    mode = wandb_mode(wb.get("mode"))
-    if mode == "disabled":
-        return loggers
-    from hdsr.wandb_logger import WandbLogger
-
-    tags = [cfg.model.name, f"x{cfg.data.scale}", f"seed{cfg.seed}", *list(wb.get("tags") or [])]
-    run_logger = WandbLogger(
-        project=wb.get("project", "hdsr"),
-        entity=wb.get("entity"),
-        name=cfg.run_name,
-        id=wandb_run_id(run_dir, resuming),
-        resume="allow",
-        group=wb.get("group") or group,
-        job_type=job_type,
-        tags=tags,
-        save_dir=str(run_dir),
-        offline=mode == "offline",
-        config=OmegaConf.to_container(cfg, resolve=True),
-        val_sets=val_sets,
-    )
-    # Lightning passes anonymous=None, which W&B warns about in every run ("The anonymous
-    # setting has no effect"); leaving it out changes nothing else
-    getattr(run_logger, "_wandb_init", {}).pop("anonymous", None)
-    loggers.append(run_logger)
+    for spec in (cfg.get("logger") or {}).values():
+        if spec is None or spec is False:
+            continue
+        if spec is True:  # the form of hdsr 0.1's logger configs: `csv: true`
+            spec = OmegaConf.create({"_target_": "lightning.pytorch.loggers.CSVLogger"})
+        if not spec.get("enabled", True):
+            continue
+        args = {k: v for k, v in spec.items() if k not in RUN_SETTINGS}
+        if spec.get("_target_") == WANDB_TARGET:
+            if not rank_zero:
+                continue
+            mode = wandb_mode(spec.get("mode"))
+            if mode == "disabled":
+                continue
+            tags = [cfg.model.name, f"x{cfg.data.scale}", f"seed{cfg.seed}"]
+            args.update(
+                project=spec.get("project", "hdsr"),
+                name=cfg.run_name,
+                id=wandb_run_id(run_dir, resuming),
+                resume="allow",
+                group=spec.get("group") or group,
+                job_type=job_type,
+                tags=tags + list(spec.get("tags") or []),
+                offline=mode == "offline",
+                config=OmegaConf.to_container(cfg, resolve=True),
+                val_sets=list(val_sets),
+            )
+        logger = instantiate({**args, "save_dir": str(run_dir)}, _convert_="all")
+        if spec.get("_target_") == WANDB_TARGET:
+            # Lightning passes anonymous=None, which W&B warns about in every run ("The
+            # anonymous setting has no effect"); leaving it out changes nothing else
+            getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(logger)
     return loggers
 
 
@@ -148,9 +148,7 @@ def checkpoint_metadata(path: Path, monitor: str | None) -> dict[str, Any]:
     """What a checkpoint file says of itself: its global step and epoch, and the score of
     ``monitor`` its ModelCheckpoint state holds (``best_model_score`` for the file that
     callback keeps as best, else ``current_score``, the last score before it was written)."""
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = read_checkpoint(path, mmap=True)
     states = [
         v
         for k, v in (ckpt.get("callbacks") or {}).items()
@@ -225,3 +223,33 @@ def finish_wandb(loggers: list[Any], exit_code: int) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger`` (same name, so ``wandb_logger`` finds it)
+    that calls :func:`define_metrics` right after the W&B run starts.
+
+    The run starts lazily, on the first use of ``experiment`` (on global rank 0, when the
+    fit begins), in every process that trains: a fresh start and each resume (the same run
+    id) define the metrics once, after Lightning's own definitions (``trainer/global_step``
+    as the step of every metric).
+
+    Args:
+        val_sets: the validation sets' names, for ``val/psnr_y/<set>`` and
+            ``val/ssim_y/<set>``.
+        *args, **kwargs: Lightning's ``WandbLogger`` arguments.
+    """
+
+    def __init__(self, *args: Any, val_sets: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_sets = list(val_sets)
+        self.metrics_defined = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        run = super().experiment
+        if not self.metrics_defined:
+            self.metrics_defined = True
+            define_metrics(run, self.val_sets)
+        return run

@@ -4,9 +4,9 @@
 estimated peak memory fits the budget:
 
 1. ``untiled``: one pass over the whole image (the network's own speed);
-2. ``stagewise``: :func:`hdsr.tiling.stagewise_forward` with the largest tile that fits
+2. ``stagewise``: :func:`hdsr.inference.tiling.stagewise_forward` with the largest tile that fits
    (about one pass of work; holds up to two whole-image feature maps);
-3. ``windows``: :func:`hdsr.tiling.tiled_forward` (about two passes of work; holds one
+3. ``windows``: :func:`hdsr.inference.tiling.tiled_forward` (about two passes of work; holds one
    window and the output).
 
 The budget is memory the pass may add to the process (model weights and libraries are
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from hdsr.sizes import format_memory
 
 #: share of the available memory a pass may use when no budget is given
 DEFAULT_FRACTION = 0.6
@@ -47,39 +48,6 @@ TILE_CANDIDATES = (1024, 768, 512, 384, 256, 192, 128, 96, 64)
 MIN_TILE = 64
 #: LR pixels of context of a window's whole-network pass beyond the stages' own halos
 STAGE_HALO = 20
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_memory(text: str | int) -> int:
-    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"800MB"``, ``"2000000000"`` -> bytes.
-
-    Units are binary (K = 1024); B, iB and a bare number (bytes) are accepted. Raises
-    ``ValueError`` naming the text for anything else or a size under one byte.
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
-        if not m:
-            raise ValueError(
-                f"memory size must be a number with an optional unit K, M, G or T "
-                f"(e.g. 8G, 512M), got {text!r}"
-            )
-        value = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if value < 1:
-        raise ValueError(f"memory size must be at least 1 byte, got {text!r}")
-    return value
-
-
-def format_memory(n: float) -> str:
-    """Bytes as a short human string: ``1.5 GiB``, ``840 MiB``."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} B"
-
 
 def _read_int(path: Path) -> int | None:
     try:
@@ -185,7 +153,7 @@ def stagewise_bytes(
     device_type: str = "cpu",
     ensemble: bool = False,
 ) -> int:
-    """Estimated peak bytes of :func:`hdsr.tiling.stagewise_forward` with ``tile``: the
+    """Estimated peak bytes of :func:`hdsr.inference.tiling.stagewise_forward` with ``tile``: the
     carried maps and two bands of them, one window's pass, input and output."""
     itemsize = 4 if precision == "32" else 2
     carried = maps * n_feats * itemsize * w * (h + 2 * min(tile, h))
@@ -210,7 +178,7 @@ def windows_bytes(
     device_type: str = "cpu",
     ensemble: bool = False,
 ) -> int:
-    """Estimated peak bytes of :func:`hdsr.tiling.tiled_forward`: one window's pass (core
+    """Estimated peak bytes of :func:`hdsr.inference.tiling.tiled_forward`: one window's pass (core
     ``tile`` and ``overlap`` px each side), input and output."""
     wh, ww = min(h, tile + 2 * overlap), min(w, tile + 2 * overlap)
     need = (
@@ -267,7 +235,7 @@ def plan(
             tiles of N px (stage-wise if its maps fit, else windows).
         overlap: the windows path's context per side.
         maps: whole-image maps the stage-wise path keeps for this network
-            (:func:`hdsr.tiling.stagewise_maps`), or None where it cannot run (the
+            (:func:`hdsr.inference.tiling.stagewise_maps`), or None where it cannot run (the
             network is not an HDSRNet, or the windows path is asked for).
         ensemble: self-ensemble, which keeps a second output.
 

@@ -3,20 +3,21 @@
 All image tensors are float RGB ``(B, 3, h, w)`` on a 0..255 scale; super-resolved outputs
 are ``(B, 3, s*h, s*w)`` on the same scale (not rounded or clipped).
 
-Tiling lives in :mod:`hdsr.tiling`; which path runs for an image is decided by
-:mod:`hdsr.budget`.
+Tiling lives in :mod:`hdsr.inference.tiling`; which path runs for an image is decided by
+:mod:`hdsr.inference.budget`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from hdsr.budget import Plan, default_budget, plan
-from hdsr.imaging import autocast_context, resolve_device
-from hdsr.tiling import (
+from hdsr.devices import PRECISIONS, autocast_context, resolve_device
+from hdsr.inference.budget import Plan, default_budget, plan
+from hdsr.inference.tiling import (
     DEFAULT_OVERLAP,
     Forward,
     check_image,
@@ -26,7 +27,14 @@ from hdsr.tiling import (
     tiled_forward,
 )
 
-__all__ = ["DEFAULT_OVERLAP", "forward_x8", "upscale"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "INFERENCE_DEFAULTS",
+    "ScoringNet",
+    "forward_x8",
+    "inference_options",
+    "upscale",
+]
 
 
 def forward_x8(fn: Forward, lr: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,7 @@ def upscale(
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Super-resolve ``lr`` with ``net`` under ``torch.inference_mode``, within a memory
-    budget (:func:`hdsr.budget.plan` picks the path).
+    budget (:func:`hdsr.inference.budget.plan` picks the path).
 
     Args:
         net: maps ``(B, 3, h, w)`` to ``(B, 3, scale*h, scale*w)``, RGB on 0..255; it is
@@ -92,8 +100,8 @@ def upscale(
         scale: ``net``'s upscaling factor.
         tile: None: untiled when the pass fits ``max_memory``, else tiled with the largest
             tile that fits; 0: untiled always; N: LR tiles of N px. Tiles run stage by
-            stage (:func:`hdsr.tiling.stagewise_forward`, an HDSRNet) or as overlapping
-            windows of ``overlap`` px (:func:`hdsr.tiling.tiled_forward`, any network, or
+            stage (:func:`hdsr.inference.tiling.stagewise_forward`, an HDSRNet) or as overlapping
+            windows of ``overlap`` px (:func:`hdsr.inference.tiling.tiled_forward`, any network, or
             when the stage-wise maps do not fit). With tiling the input stays where it is
             and one tile at a time goes to ``device``.
         overlap: LR context pixels on each side of a window (the windows path).
@@ -102,8 +110,8 @@ def upscale(
         precision: "32" (float32), "bf16" or "16" (autocast to bfloat16 / float16).
         global_attention: tiles' dynamic convs mix their kernels from whole-image
             statistics (exact); False runs windows that pool their own (approximate).
-        max_memory: the budget in bytes (default: :func:`hdsr.budget.default_budget`).
-        on_plan: called with the :class:`~hdsr.budget.Plan` before the pass.
+        max_memory: the budget in bytes (default: :func:`hdsr.inference.budget.default_budget`).
+        on_plan: called with the :class:`~hdsr.inference.budget.Plan` before the pass.
         progress: called with (tiles done, tiles in all) on the stage-wise path.
 
     Returns:
@@ -111,7 +119,7 @@ def upscale(
         ``lr``'s device.
 
     Raises:
-        hdsr.budget.BudgetTooSmall: no path fits ``max_memory``.
+        hdsr.inference.budget.BudgetTooSmall: no path fits ``max_memory``.
     """
     dev = resolve_device(device)
     autocast_context(dev, precision)  # validates precision before any work
@@ -164,3 +172,62 @@ def upscale(
     with torch.inference_mode():
         lr = lr.float()
         return forward_x8(one, lr) if self_ensemble else one(lr)
+
+
+#: the test step's inference options (hdsr-eval's), with their defaults: one float32 pass
+#: over the whole image, which scores what validation scores
+INFERENCE_DEFAULTS: dict[str, Any] = {
+    "tile": None,
+    "tile_overlap": DEFAULT_OVERLAP,
+    "max_memory": None,
+    "self_ensemble": False,
+    "precision": "32",
+}
+
+
+class ScoringNet(nn.Module):
+    """``net`` as it is scored: float32 activations, channels_last input when the
+    network is held channels_last, and weights held in bfloat16/float16 (``bf16-true``,
+    ``16-true``) cast up to float32 for the pass (the network keeps them).
+
+    A module holding ``net``, so ``hdsr.inference.forward.upscale`` finds its dynamic convs for
+    tiled inference. Autocast is left as the caller has it. Made for one image: the
+    float32 copies of low-precision weights are taken once, when it is built, and serve
+    every forward of the image (tiles, self-ensemble passes).
+    """
+
+    def __init__(self, net: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+        self.low = {
+            name: t.float()
+            for name, t in (*net.named_parameters(), *net.named_buffers())
+            if t.dtype in (torch.bfloat16, torch.float16)
+        }
+
+    @property
+    def stagewise_net(self) -> nn.Module | None:
+        """The network ``hdsr.inference.tiling.stagewise_forward`` may run in its place: ``net``
+        when its weights are float32 already (nothing to cast), else None."""
+        return None if self.low else self.net
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        lr = lr.to(torch.promote_types(lr.dtype, torch.float32))
+        if not self.low:
+            return self.net(lr)
+        return torch.func.functional_call(self.net, self.low, (lr,), strict=False)
+
+
+def inference_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` over :data:`INFERENCE_DEFAULTS`; unknown keys and precisions refused."""
+    opts = {**INFERENCE_DEFAULTS, **dict(options or {})}
+    unknown = sorted(set(opts) - set(INFERENCE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown inference options {unknown}; known: {list(INFERENCE_DEFAULTS)}")
+    opts["precision"] = str(opts["precision"])
+    if opts["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {opts['precision']!r}")
+    return opts

@@ -18,7 +18,7 @@ trained ones, and resuming restores both. hdsr adds:
   ``ema.start_step`` >= 0);
 * the trained weights' PSNR on the first validation set, logged beside the averaged
   ones' as ``val/psnr_y_raw/<set>``, so the gain of the average is visible;
-* readers pick a set: ``hdsr.checkpoints.load_model(..., weights="ema"|"raw")``, used by
+* readers pick a set: ``hdsr.inference.loading.load_model(..., weights="ema"|"raw")``, used by
   ``hdsr-eval weights=raw`` and ``hdsr-upscale --weights raw`` (EMA by default).
 
 Every DDP rank averages its own replica of the same weights, so the averages agree.
@@ -33,19 +33,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from hdsr.metrics import PSNRY
-
-
-def check_ema(decay: Any, start_step: Any) -> None:
-    """Raise ``ValueError`` naming the key unless ``decay`` is None or in (0, 1) and
-    ``start_step`` a non-negative integer."""
-    if decay is not None and (
-        isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1
-    ):
-        raise ValueError(
-            f"ema.decay must be null (off) or a number in (0, 1), e.g. 0.999; got {decay!r}"
-        )
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(f"ema.start_step must be an integer >= 0, got {start_step!r}")
+from hdsr.training.config import check_ema
 
 
 class EMA(EMAWeightAveraging):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
+
+from hdsr.checkpoint_io import read_checkpoint
+from hdsr.models import load_official
+from hdsr.models.registry import build_network
 
 
 @dataclass
@@ -37,25 +38,6 @@ def _bad_upsampler(shape) -> int:
     raise ValueError(f"unexpected upsampler shape {tuple(shape)} in the checkpoint")
 
 
-def read_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Any:
-    """``torch.load`` of an untrusted file: tensors and plain containers only.
-
-    ``weights_only=True`` makes the unpickler refuse every class outside PyTorch's
-    allow-list, so a checkpoint cannot run code while it is read. Both ``hdsr-train``
-    ``.ckpt`` files and the authors' ``.pt`` state_dicts load this way.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{path}: refused: the file holds objects other than tensors and plain data, "
-            f"which hdsr never unpickles ({first})"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
-
-
 #: which weights of a checkpoint :func:`load_model` loads
 WEIGHTS = ("ema", "raw")
 
@@ -74,9 +56,6 @@ def load_model(
     * Anything else is read as the authors' released format (``HDSRNet_x{2,3,4}.pt``),
       the scale taken from the upsampler, through ``hdsr.models.load_official``.
     """
-    from hdsr.models import load_official
-    from hdsr.models.registry import build_network
-
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file")

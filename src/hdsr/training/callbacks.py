@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import RichProgressBar
 
 from hdsr.runtime import STOP_SIGNALS
@@ -133,13 +132,6 @@ class GracefulStop(L.Callback):
             return False
         log.warning("requeued SLURM job %s; it will resume from %s", job, self.ckpt_path)
         return True
-
-
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size`` x ``size`` region of an HxW(xC) image (smaller images whole)."""
-    h, w = img.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[top : top + size, left : left + size]
 
 
 class StepProgressBar(RichProgressBar):

@@ -8,17 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lightning.pytorch.callbacks import RichProgressBar
 
+from hdsr.data.datamodule import WholeImageSets
 from hdsr.data.pairs import ImagePair
-from hdsr.imresize import imresize
-from hdsr.metrics import mean_over_images, psnr_y, sr_like_hr, ssim_y
-
-
-def run_label(path: str | Path) -> str:
-    """A checkpoint's run: ``<run>/checkpoints/x.ckpt`` -> ``<run>``, else the file's stem."""
-    p = Path(str(path))
-    return p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
+from hdsr.devices import build_trainer, exact_float32, restoring_tf32
+from hdsr.errors import ConfigError
+from hdsr.evaluation.module import EvaluationModule
+from hdsr.evaluation.names import run_label
 
 
 def distinct_names(models: Sequence[Any]) -> None:
@@ -28,8 +25,6 @@ def distinct_names(models: Sequence[Any]) -> None:
     Each model is its own row; without this their images would be averaged together.
     Raises ``ConfigError`` when one file is given twice.
     """
-    from hdsr.loggers import ConfigError
-
     seen: dict[Path, str] = {}
     for m in models:
         if m.source == "-":
@@ -52,11 +47,9 @@ def distinct_names(models: Sequence[Any]) -> None:
 
 def precision_mode(precision: str) -> contextlib.AbstractContextManager:
     """The numeric mode the models run in: ``precision=32`` is true float32, TF32 off for
-    CUDA matmuls and convolutions (``hdsr.backends.exact_float32``; restored afterwards),
+    CUDA matmuls and convolutions (``hdsr.devices.exact_float32``; restored afterwards),
     so paper-protocol numbers do not depend on the card. "bf16"/"16" autocast as asked."""
     if str(precision) == "32":
-        from hdsr.backends import exact_float32
-
         return exact_float32()
     return contextlib.nullcontext()
 
@@ -76,13 +69,13 @@ def score_sets(
     label: str = "",
 ) -> tuple[ImageScores, bool]:
     """Score ``net`` on ``sets`` the way validation does: ``Trainer.test`` of an
-    ``SRModule`` holding it, whose test step runs ``hdsr.inference.upscale`` with the
+    ``SRModule`` holding it, whose test step runs ``hdsr.inference.forward.upscale`` with the
     ``inference`` options (``tile``, ``tile_overlap``, ``self_ensemble``, ``precision``)
     and keeps each image's PSNR/SSIM in its set's ``PSNRY``/``SSIMY``.
 
     ``trainer_config`` holds the Trainer's arguments as the ``trainer`` config group gives
     them (accelerator, devices, a strategy string or ``_target_`` config: see
-    ``hdsr.backends.trainer_kwargs``; TF32 is left as it is, ``precision_mode`` decides
+    ``hdsr.devices.build_trainer``; TF32 is left as it is, ``precision_mode`` decides
     it): with several devices every rank scores its share of each set, torchmetrics
     gathers the scores and every rank gets them all, each image once. No logger, no
     checkpoints; the network is back on the CPU afterwards. With ``image_dir`` each SR
@@ -91,16 +84,9 @@ def score_sets(
 
     Returns the per-image scores per set and whether this process is global rank 0.
     """
-    import lightning as L
+    bar = trainer_config.get("enable_progress_bar", True)
 
-    from hdsr.backends import restoring_tf32, trainer_kwargs
-    from hdsr.data.datamodule import WholeImageSets
-    from hdsr.module import SRModule
-
-    with restoring_tf32():  # not the training rule (TF32 on for CUDA)
-        kwargs = trainer_kwargs(trainer_config)  # a strategy object of its own
-
-    module = SRModule(
+    module = EvaluationModule(
         net,
         scale=scale,
         val_set_names=(),
@@ -108,15 +94,15 @@ def score_sets(
         inference=inference,
         image_dir=image_dir,
     )
-    callbacks = [progress_bar(label)] if kwargs.get("enable_progress_bar", True) else []
-    trainer = L.Trainer(
-        **kwargs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # WholeImageSets shards the images itself
-    )
+    with restoring_tf32():  # not the training rule (TF32 on for CUDA)
+        trainer = build_trainer(  # a strategy object of its own
+            trainer_config,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[progress_bar(label)] if bar else [],
+            use_distributed_sampler=False,  # WholeImageSets shards the images itself
+        )
     with warnings.catch_warnings():
         # the scores are gathered by torchmetrics; Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('test/")
@@ -127,8 +113,6 @@ def score_sets(
 def progress_bar(label: str) -> Any:
     """A rich progress bar for one model: ``label`` and this rank's images of all the
     sets, one bar left on screen when done (as ``rich.progress.track`` showed it)."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
     class ScoringProgressBar(RichProgressBar):
         def __init__(self) -> None:
             super().__init__(leave=True)
@@ -150,68 +134,10 @@ def progress_bar(label: str) -> Any:
     return ScoringProgressBar()
 
 
-def per_image_rows(
-    model: str, scale: int, scores: ImageScores, bicubic: ImageScores
-) -> list[dict[str, Any]]:
-    """The per-image rows of one model (``per_image.csv``): set, image, its PSNR/SSIM
-    and the bicubic baseline's of the same image, set by set in the sets' order."""
-    rows = []
-    for set_name, images in scores.items():
-        base = {index: (p, s) for index, _, p, s in bicubic[set_name]}
-        for index, image, psnr, ssim in images:
-            b_psnr, b_ssim = base[index]
-            rows.append(
-                {
-                    "model": model,
-                    "scale": scale,
-                    "set": set_name,
-                    "image": image,
-                    "psnr_y": psnr,
-                    "ssim_y": ssim,
-                    "bicubic_psnr_y": b_psnr,
-                    "bicubic_ssim_y": b_ssim,
-                }
-            )
-    return rows
 
 
-def bicubic_sr(lr: np.ndarray, hr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB-bicubic upsampling of a uint8 LR image, matched to ``hr`` (gray stays gray)."""
-    return sr_like_hr(imresize(np.asarray(lr), scale), np.asarray(hr))
 
 
-def bicubic_per_image(
-    sets: Mapping[str, Sequence[ImagePair]], scale: int
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{set: {image: (PSNR, SSIM)}}`` on Y of the bicubic baseline of each LR image."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, pairs in sets.items():
-        out[name] = {}
-        for p in pairs:
-            sr = bicubic_sr(p.lr, p.hr, scale)
-            out[name][p.name] = (psnr_y(sr, p.hr, scale), ssim_y(sr, p.hr, scale))
-    return out
 
 
-def bicubic_scores(
-    sets: Mapping[str, Sequence[ImagePair]], scale: int
-) -> dict[str, tuple[float, float]]:
-    """Mean (PSNR, SSIM) on Y of MATLAB-bicubic upsampling of each set's LR images.
 
-    Each image's score is computed on its own and the scores are averaged over the set.
-    """
-    return set_means(bicubic_per_image(sets, scale))
-
-
-def set_means(
-    per_image: Mapping[str, Mapping[str, tuple[float, float]]],
-) -> dict[str, tuple[float, float]]:
-    """Mean (PSNR, SSIM) of each set of ``{set: {image: (PSNR, SSIM)}}`` (``mean_over_images``)."""
-    out = {}
-    for name, images in per_image.items():
-        scores = list(images.values())
-        out[name] = (
-            mean_over_images([s[0] for s in scores]),
-            mean_over_images([s[1] for s in scores]),
-        )
-    return out

@@ -1,41 +1,49 @@
-"""The parts of a training run, built from the ``hdsr-train`` config: the LightningModule
-(``model``), the callbacks (``callbacks``), the Trainer; the fit with its stop and requeue
-handling; the final scores beside bicubic. ``hdsr.cli.train.train`` orchestrates them.
-
-Lightning is imported inside the functions, so importing this module (which registers
-the ``hdsr_first_set`` resolver the callbacks config uses) stays quick.
+"""A training run, built from the ``hdsr-train`` config: the LightningModule (``model``),
+the callbacks (``callbacks``), the loggers and the Trainer; the fit with its stop and
+requeue handling; the final scores beside bicubic. :func:`train` orchestrates them (what
+``hdsr-train`` runs for each job); :func:`prepare` builds the data caches only.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-
-def first_set(sets: Any) -> str:
-    """The first validation set's name (``data.val_sets``: a mapping of sources, a list
-    of benchmark names or one name): the set ``best.ckpt`` is chosen on."""
-    if isinstance(sets, Mapping):
-        sets = list(sets)
-    elif isinstance(sets, str):
-        sets = [sets]
-    return str(next(iter(sets), ""))
-
-
-if not OmegaConf.has_resolver("hdsr_first_set"):
-    OmegaConf.register_new_resolver("hdsr_first_set", first_set)
+from hdsr.console import one_line_each
+from hdsr.devices import build_trainer as build_trainer_from
+from hdsr.evaluation.bicubic import bicubic_per_image, set_means
+from hdsr.evaluation.tables import final_rows, final_table, image_rows
+from hdsr.runtime import apply_runtime_config, single_job_argv, wandb_mode
+from hdsr.training.callbacks import GracefulStop
+from hdsr.training.checkpoint_files import (
+    AtomicCheckpointIO,
+    move_previous_checkpoints,
+    remove_stale_temp_files,
+)
+from hdsr.training.config import check_config, resolve_resume, sweep_group, upgrade_targets
+from hdsr.training.loggers import (
+    build_loggers,
+    finish_wandb,
+    log_checkpoints,
+    log_final_table,
+    log_image_table,
+    wandb_logger,
+)
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> Any:
     """The LightningModule of ``cfg.model`` (``SRModule``): its network, the optimizer
     and scheduler partials, and the data's set names; the network's config is kept for
     its checkpoints."""
-    from hydra.utils import instantiate
-
     make = instantiate(cfg.model, _partial_=True)
     return make(
         val_set_names=datamodule.val_set_names,
@@ -53,14 +61,11 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> li
     rate monitor without a logger and progress bars when the Trainer shows none (both of
     which Lightning refuses).
     """
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
-
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
         if spec is None or ("every_n_train_steps" in spec and not spec.every_n_train_steps):
             continue
-        if spec.get("_target_") == "hdsr.ema.EMA" and spec.get("decay") is None:
+        if spec.get("_target_") == "hdsr.training.ema.EMA" and spec.get("decay") is None:
             continue  # EMA off
         callback = instantiate(spec)
         if isinstance(callback, LearningRateMonitor) and not has_logger:
@@ -74,10 +79,6 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> li
 def checkpoint_plugins() -> list[Any]:
     """Checkpoints are written atomically in place (``AtomicCheckpointIO``). SLURM:
     Lightning's own requeue is off; GracefulStop saves and requeues instead."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from hdsr.ckpt_files import AtomicCheckpointIO
-
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -85,20 +86,15 @@ def checkpoint_plugins() -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any]) -> Any:
-    """The Lightning Trainer of ``cfg.trainer`` with the run's loggers, the callbacks of
-    ``cfg.callbacks`` and the checkpoint plugins."""
-    import lightning as L
-
-    from hdsr.backends import trainer_kwargs
-
-    # strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
-    kwargs = trainer_kwargs(cfg.trainer)
-    callbacks = build_callbacks(cfg, bool(loggers), kwargs.get("enable_progress_bar", True))
-    return L.Trainer(
-        **kwargs,
+    """The Lightning Trainer of ``cfg.trainer`` (its ``_target_``) with the run's loggers,
+    the callbacks of ``cfg.callbacks`` and the checkpoint plugins."""
+    # the strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
+    bar = cfg.trainer.get("enable_progress_bar", True)
+    return build_trainer_from(
+        cfg.trainer,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=callbacks,
+        callbacks=build_callbacks(cfg, bool(loggers), bar),
         plugins=checkpoint_plugins(),
         use_distributed_sampler=False,  # the DataModule shards patches and images itself
     )
@@ -106,8 +102,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any]) -> Any:
 
 def graceful_stop(trainer: Any) -> Any | None:
     """The trainer's ``GracefulStop`` callback (None if the config left it out)."""
-    from hdsr.callbacks import GracefulStop
-
     return next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
 
 
@@ -143,48 +137,6 @@ def fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> di
     return metrics
 
 
-def final_rows(
-    model_name: str, metrics: dict[str, float], bicubic: dict[str, tuple[float, float]]
-) -> list[dict[str, Any]]:
-    """Rows (method, set, psnr_y, ssim_y) of the final table, model then bicubic."""
-    rows = []
-    for name, (b_psnr, b_ssim) in bicubic.items():
-        rows.append(
-            {
-                "method": model_name,
-                "set": name,
-                "psnr_y": metrics.get(f"val/psnr_y/{name}", float("nan")),
-                "ssim_y": metrics.get(f"val/ssim_y/{name}", float("nan")),
-            }
-        )
-        rows.append({"method": "bicubic", "set": name, "psnr_y": b_psnr, "ssim_y": b_ssim})
-    return rows
-
-
-def image_rows(
-    image_scores: Mapping[str, Sequence[tuple[int, str, float, float]]],
-    bicubic: Mapping[str, Mapping[str, tuple[float, float]]],
-) -> list[dict[str, Any]]:
-    """Rows of the per-image table: set, image, the model's PSNR/SSIM (``SRModule``'s
-    ``image_scores`` of the final validation), bicubic's PSNR of the image and the gain
-    over it (``delta_psnr_y`` = psnr_y - bicubic_psnr_y), set by set, images in order."""
-    rows = []
-    for set_name, images in image_scores.items():
-        for _, image, psnr, ssim in images:
-            b_psnr = bicubic.get(set_name, {}).get(image, (float("nan"),))[0]
-            rows.append(
-                {
-                    "set": set_name,
-                    "image": image,
-                    "psnr_y": psnr,
-                    "ssim_y": ssim,
-                    "bicubic_psnr_y": b_psnr,
-                    "delta_psnr_y": psnr - b_psnr,
-                }
-            )
-    return rows
-
-
 def report(
     cfg: DictConfig,
     trainer: Any,
@@ -197,16 +149,6 @@ def report(
     log it, the final table and the per-image table (and, with ``logger.wandb.log_model``,
     upload best.ckpt and last.ckpt to W&B), print the table and the run's files; return
     them."""
-    from hdsr.loggers import (
-        log_checkpoints,
-        log_final_table,
-        log_image_table,
-        wandb_logger,
-        wandb_mode,
-    )
-    from hdsr.results import final_table
-    from hdsr.scoring import bicubic_per_image, set_means
-
     run_dir = Path(cfg.paths.run_dir).resolve()
     scored = {n: set(names) for n, names in module.scored_images.items()}
     val_pairs = {
@@ -245,3 +187,60 @@ def report(
     }
     final_table(cfg, result)
     return result
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and validate as ``cfg`` says; return the final metrics and output paths."""
+    upgrade_targets(cfg)  # a config written by an earlier version names old module paths
+    check_config(cfg)
+    apply_runtime_config(cfg)
+    one_line_each()  # Lightning's log lines once (Hydra's console and log file), no tips
+    run_dir = Path(cfg.paths.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = rank_zero_only.rank == 0
+    ckpt_dir = run_dir / "checkpoints"
+    if rank_zero:
+        remove_stale_temp_files(ckpt_dir)
+    ckpt_path = resolve_resume(cfg, run_dir, announce=rank_zero)
+    if ckpt_path is None and rank_zero:  # a fresh start keeps the old checkpoints aside
+        move_previous_checkpoints(ckpt_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, datamodule)  # net, optimizer and scheduler
+    resuming, group = ckpt_path is not None, sweep_group(cfg)
+    loggers = build_loggers(
+        cfg, run_dir, resuming, group, rank_zero=rank_zero, val_sets=datamodule.val_set_names
+    )
+    trainer = build_trainer(cfg, run_dir, loggers)  # with cfg.callbacks
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {ckpt_path}")
+    exit_code = 1
+    try:
+        with single_job_argv():
+            metrics = fit(trainer, module, datamodule, ckpt_path)
+        result = {"metrics": metrics}
+        if trainer.is_global_zero:  # bicubic beside the model, the final table
+            result = report(cfg, trainer, module, datamodule, loggers, metrics)
+        exit_code = 0
+        return result
+    except SystemExit as stopped:  # a stop signal (128 + signal) or a second Ctrl-C (130)
+        exit_code = stopped.code if isinstance(stopped.code, int) else 1
+        raise
+    finally:
+        stop = graceful_stop(trainer)
+        if stop is not None:
+            stop.restore_handlers()
+        finish_wandb(loggers, exit_code=exit_code)
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Build the data caches the config needs (decoded images, generated LR), then stop."""
+    upgrade_targets(cfg)
+    check_config(cfg)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    n = len(datamodule.train_set.pairs)
+    sets = ", ".join(f"{k} ({len(v)})" for k, v in datamodule.val_pairs.items())
+    print(f"ready: {n} training images at x{cfg.data.scale}; validation sets: {sets}")

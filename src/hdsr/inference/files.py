@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hdsr.budget import Plan
 from hdsr.imaging import ImageReadError, high_bit_depth, to_uint8
+from hdsr.imresize import imresize
+from hdsr.inference.budget import Plan
+from hdsr.inference.forward import upscale
 
 #: PIL modes of more than 8 bits per channel, refused.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F", "I;32", "I;32B")
@@ -132,13 +134,11 @@ def upscale_image(
     """Super-resolve one loaded image to an 8-bit PIL image (RGB, L, RGBA or LA).
 
     ``tile``, ``max_memory``, ``on_plan`` and ``progress`` are those of
-    :func:`hdsr.inference.upscale` (``tile=None``: the memory budget decides; 0: never
+    :func:`hdsr.inference.forward.upscale` (``tile=None``: the memory budget decides; 0: never
     tiles).
     """
     import torch
 
-    from hdsr.imresize import imresize
-    from hdsr.inference import upscale
 
     lr = torch.from_numpy(img.rgb).permute(2, 0, 1).unsqueeze(0).float()
     sr = upscale(

@@ -1,5 +1,6 @@
-"""Result tables and files: the eval summary beside the paper's rows, results.md/csv,
-per-image CSV, the W&B eval run, and the final table of a training run.
+"""Result tables and files, all in one place: the rows of per_image.csv, the eval summary
+beside the paper's rows, results.md/csv, the W&B eval run; and a training run's final
+table (model beside bicubic) and per-image table.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hdsr.evaluation.published import PUBLISHED
+from hdsr.evaluation.scoring import ImageScores
 from hdsr.metrics import mean_over_images
-from hdsr.published import PUBLISHED
+from hdsr.runtime import wandb_mode
 
 
 def summarize(rows: Sequence[dict[str, Any]], set_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -115,8 +118,6 @@ def write_outputs(run_dir: Path, rows, summary, set_names) -> dict[str, Path]:
 
 def log_to_wandb(cfg: DictConfig, run_dir: Path, summary, rows) -> str | None:
     """One W&B run (job_type eval) with the results and per-image tables."""
-    from hdsr.loggers import wandb_mode
-
     wb = cfg.logger.get("wandb") or {}
     if not wb.get("enabled", False):
         return None
@@ -195,3 +196,70 @@ def final_table(cfg: Any, result: Mapping[str, Any]) -> None:
             else ""
         )
         console.print(f"W&B run       : {run_path}{hint}")
+
+
+def final_rows(
+    model_name: str, metrics: dict[str, float], bicubic: dict[str, tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Rows (method, set, psnr_y, ssim_y) of the final table, model then bicubic."""
+    rows = []
+    for name, (b_psnr, b_ssim) in bicubic.items():
+        rows.append(
+            {
+                "method": model_name,
+                "set": name,
+                "psnr_y": metrics.get(f"val/psnr_y/{name}", float("nan")),
+                "ssim_y": metrics.get(f"val/ssim_y/{name}", float("nan")),
+            }
+        )
+        rows.append({"method": "bicubic", "set": name, "psnr_y": b_psnr, "ssim_y": b_ssim})
+    return rows
+
+
+def image_rows(
+    image_scores: Mapping[str, Sequence[tuple[int, str, float, float]]],
+    bicubic: Mapping[str, Mapping[str, tuple[float, float]]],
+) -> list[dict[str, Any]]:
+    """Rows of the per-image table: set, image, the model's PSNR/SSIM (``SRModule``'s
+    ``image_scores`` of the final validation), bicubic's PSNR of the image and the gain
+    over it (``delta_psnr_y`` = psnr_y - bicubic_psnr_y), set by set, images in order."""
+    rows = []
+    for set_name, images in image_scores.items():
+        for _, image, psnr, ssim in images:
+            b_psnr = bicubic.get(set_name, {}).get(image, (float("nan"),))[0]
+            rows.append(
+                {
+                    "set": set_name,
+                    "image": image,
+                    "psnr_y": psnr,
+                    "ssim_y": ssim,
+                    "bicubic_psnr_y": b_psnr,
+                    "delta_psnr_y": psnr - b_psnr,
+                }
+            )
+    return rows
+
+
+def per_image_rows(
+    model: str, scale: int, scores: ImageScores, bicubic: ImageScores
+) -> list[dict[str, Any]]:
+    """The per-image rows of one model (``per_image.csv``): set, image, its PSNR/SSIM
+    and the bicubic baseline's of the same image, set by set in the sets' order."""
+    rows = []
+    for set_name, images in scores.items():
+        base = {index: (p, s) for index, _, p, s in bicubic[set_name]}
+        for index, image, psnr, ssim in images:
+            b_psnr, b_ssim = base[index]
+            rows.append(
+                {
+                    "model": model,
+                    "scale": scale,
+                    "set": set_name,
+                    "image": image,
+                    "psnr_y": psnr,
+                    "ssim_y": ssim,
+                    "bicubic_psnr_y": b_psnr,
+                    "bicubic_ssim_y": b_ssim,
+                }
+            )
+    return rows

@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hdsr.published import TABLE1
+from hdsr.evaluation.complexity import count_macs
+from hdsr.evaluation.published import TABLE1
+from hdsr.models.hdsrnet import count_parameters
+from hdsr.models.registry import build_network
 
 
 def read_metrics(job_dir: Path) -> list[dict[str, float]]:
@@ -63,9 +66,6 @@ def collect(sweep_dir: Path, macs_input: tuple[int, int]) -> list[dict[str, Any]
     """One record per job: variant, scale, final PSNR/SSIM per set, params, MACs, curves."""
     from omegaconf import OmegaConf
 
-    from hdsr.complexity import count_macs
-    from hdsr.models.hdsrnet import count_parameters
-    from hdsr.models.registry import build_network
 
     records = []
     for job in job_dirs(sweep_dir):

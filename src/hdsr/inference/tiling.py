@@ -2,19 +2,54 @@
 
 Two exact paths, both equal to the untiled pass up to float rounding:
 
-* :func:`stagewise_forward` (HDSRNet's structure, the default): the network runs stage
-  by stage over tiles; a stage ends at each dynamic conv, whose whole-image input mean
-  is summed from the tiles' cores while the stage before it runs. Between stages only
-  the maps the rest of the network reads are kept for the whole image (the current
-  activation and the block's input: two 64-channel maps, updated in place band by band),
-  and each stage reads them with just the context its own layers need, so the work is
-  about one forward pass.
+* :func:`stagewise_forward` (an :class:`~hdsr.models.HDSRNet`; the default): the network
+  runs stage by stage over tiles. The network says what its stages are
+  (``HDSRNet.upper_stages``, cut before each dynamic conv; ``lower_stage``,
+  ``tail_radius``, ``prepare`` and ``construct``: see :mod:`hdsr.models.hdsrnet`); this
+  module runs each stage's steps on windows, cropping every layer's output by the
+  radius its step reports. A dynamic conv's whole-image input mean is summed from the
+  tiles' cores while the stage before it runs, and pinned (:func:`pinned_attention`)
+  while its stage runs. Between stages only the maps the rest of the network reads are
+  kept for the whole image (the current map and the stage's stack; for HDSRNet the
+  current activation and the block's input, two 64-channel maps, updated in place band
+  by band), and each stage reads them with just the context its own layers need, so the
+  work is about one forward pass.
 * :func:`tiled_forward` (any ``fn``): overlapping windows of the whole network, with the
   dynamic convs pinned to means found by :func:`global_dynamic_means` first (about 2x
-  the work), holding only one window at a time: the path for the smallest budgets.
+  the work), holding only one window at a time.
 
-Tiling and HDSRNet
-------------------
+Why the windows path stays
+--------------------------
+:func:`tiled_forward` is the only path for four things that
+``hdsr.inference.forward.upscale`` (``hdsr-upscale``, ``hdsr-eval``) offers:
+
+* networks other than HDSRNet, which report no stages: the bicubic baseline
+  (``BicubicUpsampler``), or any ``fn``;
+* weights held in bfloat16/float16 (``bf16-true``, ``16-true``): ``ScoringNet`` casts
+  them up on every pass and names no ``stagewise_net``;
+* ``--tile-attention local`` (``global_attention=False``): windows that pool their own
+  statistics, approximate by design, which the stage-wise path never is;
+* budgets below the stage-wise floor (``hdsr.inference.budget``): the stage-wise path's
+  carried maps grow with the image (2 x 64 float32 per LR pixel), one window does not.
+
+Measured with ``experiments/benchmarks/tiling_paths.py`` (x2, random-weight HDSRNet of
+64 features, tile 64, overlap 32, CPU with 2 shared cores; peak = resident memory the
+pass adds to the process; max|d| against the untiled pass, 0..255 scale):
+
+    512x512 LR             peak MiB   seconds   max|d|
+    untiled                  839        8.4     0
+    stage-wise               229       18.3     0.0016
+    windows, global            66       67.9     0.0016
+    windows, local             66       16.0     11
+
+so at 512x512 a budget of 70-230 MiB is met only by windows, for 3.7x the time of
+stage-wise tiles. By ``hdsr.inference.budget``'s estimates the least budgets are 285
+MiB (stage-wise) against 149 MiB (windows) at 512x512 and 2.5 GiB against 374 MiB at
+2048x2048. On a 128x128 image, bfloat16 weights took 63 MiB through the windows path,
+and a float32 copy of them 27 MiB through the stage-wise one.
+
+The windows path and HDSRNet
+----------------------------
 ``tiled_forward`` runs the network on overlapping LR windows and keeps each window's
 central (core) region. HDSRNet's receptive field reaches about 23 LR pixels (x2; 24 at
 x4) from an output pixel: the upper net's head and 5 blocks of a 2-dilated, a dynamic and
@@ -52,8 +87,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hdsr.models.hdsrnet import HDSRNet, LowerNet
-from hdsr.models.layers import ConvReLU, DynamicConv2d
+from hdsr.models.hdsrnet import HDSRNet, Stage, Step, run_steps
+from hdsr.models.layers import DynamicConv2d
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -303,10 +338,6 @@ def tiled_forward(
 
 # --- stage-wise tiling ------------------------------------------------------------------------
 
-#: LR pixels of context the construction block reads around an LR position: the upsampler's
-#: LR conv (1) and the convs after the pixel shuffles (under one LR pixel together)
-TAIL_RADIUS = 2
-
 
 def stagewise_network(net: nn.Module) -> HDSRNet | None:
     """The :class:`HDSRNet` that :func:`stagewise_forward` can run for ``net``: ``net``
@@ -315,16 +346,6 @@ def stagewise_network(net: nn.Module) -> HDSRNet | None:
         return net
     inner = getattr(net, "stagewise_net", None)
     return inner if isinstance(inner, HDSRNet) else None
-
-
-def _radius(layer: nn.Module) -> int:
-    """LR pixels of context a Conv+ReLU layer reads on each side."""
-    conv = layer.conv if isinstance(layer, ConvReLU) else layer
-    if isinstance(conv, DynamicConv2d):
-        return conv.kernel_size // 2
-    if isinstance(conv, nn.Conv2d) and conv.kernel_size[0] == conv.kernel_size[1]:
-        return conv.dilation[0] * (conv.kernel_size[0] // 2)
-    raise TypeError(f"no receptive radius known for {type(conv).__name__}")
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:
@@ -358,14 +379,15 @@ class _Win:
         t = self.t[:, :, y0 - self.y0 : y1 - self.y0, x0 - self.x0 : x1 - self.x0]
         return _Win(t, y0, x0, self.h, self.w)
 
-    def apply(self, layer: nn.Module, r: int) -> _Win:
-        """``layer`` (zero padding ``r``) over the window, less the ``r`` px it got wrong
-        beside each side that is not the image border."""
-        x = self.t
+    def step(self, step: Step) -> _Win:
+        """A layer step (zero padding ``step.radius``) over the window, less the
+        ``radius`` px it got wrong beside each side that is not the image border (the
+        ``apply`` of :func:`~hdsr.models.hdsrnet.run_steps`)."""
+        x, r = self.t, step.radius
         if not x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             # a cropped view: convs read a strided input through a slow path
             x = x.contiguous(memory_format=_format_of(x))
-        out = _Win(layer(x), self.y0, self.x0, self.h, self.w)
+        out = _Win(step.layer(x), self.y0, self.x0, self.h, self.w)
         return out.crop(
             self.y0 + (r if self.y0 > 0 else 0),
             self.y1 - (r if self.y1 < self.h else 0),
@@ -380,62 +402,9 @@ class _Win:
         return _Win(t, y0, x0, self.h, self.w)
 
 
-def _lower_window(lower: LowerNet, x: _Win) -> _Win:
-    """``LowerNet.forward`` on a window (the same layers and sums, each layer cropped)."""
-    if not lower.symmetric:
-        for layer in lower.layers:
-            x = x.apply(layer, _radius(layer))
-        return x
-    half = len(lower.layers) // 2
-    outs = []
-    for layer in lower.layers[:half]:
-        x = x.apply(layer, _radius(layer))
-        outs.append(x)
-    for layer in lower.layers[half:]:
-        x = x.apply(layer, _radius(layer)) + outs.pop()
-    return x
-
-
-@dataclass
-class _Stage:
-    """Upper-net steps from one dynamic conv (or the start) to the next (or the end).
-
-    ``steps``: ("layer", module), ("save", None) at a residual block's start, ("add", None)
-    at its end. ``skip_in``/``skip_out``: a residual block's input is carried in/out.
-    """
-
-    steps: list[tuple[str, nn.Module | None]]
-    skip_in: bool = False
-    skip_out: bool = False
-
-    @property
-    def radius(self) -> int:
-        return sum(_radius(m) for kind, m in self.steps if kind == "layer")
-
-    @property
-    def dynamic(self) -> DynamicConv2d | None:
-        """The dynamic conv this stage starts with (None for the first stage)."""
-        kind, m = self.steps[0] if self.steps else ("", None)
-        conv = getattr(m, "conv", None)
-        return conv if kind == "layer" and isinstance(conv, DynamicConv2d) else None
-
-
-def _stages(net: HDSRNet) -> list[_Stage]:
-    """The upper net cut before each dynamic conv."""
-    steps: list[tuple[str, nn.Module | None]] = [("layer", net.upper.head)]
-    for block in net.upper.blocks:
-        steps += [("save", None)] if block.residual else []
-        steps += [("layer", layer) for layer in block.body]
-        steps += [("add", None)] if block.residual else []
-    stages = [_Stage([])]
-    open_block = False
-    for kind, m in steps:
-        if kind == "layer" and isinstance(getattr(m, "conv", None), DynamicConv2d):
-            stages[-1].skip_out = open_block
-            stages.append(_Stage([], skip_in=open_block))
-        stages[-1].steps.append((kind, m))
-        open_block = kind == "save" or (open_block and kind != "add")
-    return stages
+def _run(stage: Stage, x: _Win, stack: list[_Win]) -> tuple[_Win, list[_Win]]:
+    """``stage`` over windows: each layer's output loses the border it got wrong."""
+    return run_steps(stage.steps, x, stack, apply=lambda step, win: win.step(step))
 
 
 def _cores(length: int, tile: int) -> list[tuple[int, int]]:
@@ -480,11 +449,10 @@ def stagewise_forward(
 
 
 def stagewise_maps(net: HDSRNet) -> int:
-    """How many whole-image ``n_feats`` maps :func:`stagewise_forward` keeps (0 to 2)."""
-    stages = _stages(net)
-    if len(stages) == 1:
-        return 0
-    return 1 + any(st.skip_out for st in stages[:-1])
+    """How many whole-image ``n_feats`` maps :func:`stagewise_forward` keeps: the current
+    map and the stack carried from one stage to the next (0 with a single stage)."""
+    stages = net.upper_stages()
+    return max((1 + st.stack_out for st in stages[:-1]), default=0)
 
 
 class _StageRunner:
@@ -505,10 +473,9 @@ class _StageRunner:
         self.pending: list[tuple[int, int, dict[str, torch.Tensor]]] = []  # bands to write
         self.out: torch.Tensor | None = None
         self.done, self.total = 0, total
+        self.lower = net.lower_stage()
         #: context the lower net and the construction block read around a core
-        self.lower_radius = TAIL_RADIUS + (
-            sum(_radius(m) for m in net.lower.layers) if net.lower is not None else 0
-        )
+        self.lower_radius = net.tail_radius + (self.lower.radius if self.lower else 0)
 
     def _empty(self, channels: int, rows: int, like: torch.Tensor) -> torch.Tensor:
         shape = (1, channels, rows, self.w)
@@ -516,11 +483,12 @@ class _StageRunner:
         return t.contiguous(memory_format=self.format)
 
     def lr_window(self, y0: int, y1: int, x0: int, x1: int, r: int) -> _Win:
-        """The mean-shifted input over a core and ``r`` px around it (inside the image)."""
+        """The network's input map (``prepare``) over a core and ``r`` px around it
+        (inside the image)."""
         wy0, wx0 = max(0, y0 - r), max(0, x0 - r)
         t = self.lr[:, :, wy0 : min(self.h, y1 + r), wx0 : min(self.w, x1 + r)]
         t = t.to(self.dev, torch.float32).contiguous(memory_format=self.format)
-        return _Win(self.net.sub_mean(t), wy0, wx0, self.h, self.w)
+        return _Win(self.net.prepare(t), wy0, wx0, self.h, self.w)
 
     def map_window(self, name: str, y0: int, y1: int, x0: int, x1: int, r: int) -> _Win:
         wy0, wx0 = max(0, y0 - r), max(0, x0 - r)
@@ -542,32 +510,23 @@ class _StageRunner:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    def upper(self, stage: _Stage, first: bool, core: tuple[int, int, int, int], r: int):
-        """The stage's upper-net steps over ``core`` (and ``r`` px of context): the
-        current map and the open block's input (or None)."""
+    def upper(self, stage: Stage, first: bool, core: tuple[int, int, int, int], r: int):
+        """The stage over ``core`` (and ``r`` px of context): the current map and the
+        stack (the carried maps ``cur``, ``stack0``, ...)."""
         if first:
-            cur, skip = self.lr_window(*core, r), None
-        else:
-            cur = self.map_window("cur", *core, r)
-            skip = self.map_window("skip", *core, r) if stage.skip_in else None
-        for kind, m in stage.steps:
-            if kind == "layer":
-                cur = cur.apply(m, _radius(m))
-            elif kind == "save":
-                skip = cur
-            else:
-                cur, skip = cur + skip, None
-        return cur, skip
+            return _run(stage, self.lr_window(*core, r), [])
+        stack = [self.map_window(f"stack{i}", *core, r) for i in range(stage.stack_in)]
+        return _run(stage, self.map_window("cur", *core, r), stack)
 
     def image(self, cur: _Win, core: tuple[int, int, int, int]) -> None:
         """The lower net and the construction block over ``core``; writes the output."""
-        net, s, (y0, y1, x0, x1) = self.net, self.net.scale, core
-        ty0, tx0 = max(0, y0 - TAIL_RADIUS), max(0, x0 - TAIL_RADIUS)
-        region = (ty0, min(self.h, y1 + TAIL_RADIUS), tx0, min(self.w, x1 + TAIL_RADIUS))
+        net, s, (y0, y1, x0, x1), tr = self.net, self.net.scale, core, self.net.tail_radius
+        ty0, tx0 = max(0, y0 - tr), max(0, x0 - tr)
+        region = (ty0, min(self.h, y1 + tr), tx0, min(self.w, x1 + tr))
         lower = None
-        if net.lower is not None:
+        if self.lower is not None:
             window = self.lr_window(*core, self.lower_radius)
-            lower = _lower_window(net.lower, window).crop(*region).t
+            lower = _run(self.lower, window, [])[0].crop(*region).t
         sr = net.construct(cur.crop(*region).t, lower)
         sr = sr[:, :, s * (y0 - ty0) : s * (y1 - ty0), s * (x0 - tx0) : s * (x1 - tx0)]
         if self.out is None:
@@ -577,7 +536,7 @@ class _StageRunner:
 
     def run(
         self,
-        stages: list[_Stage],
+        stages: list[Stage],
         rows: list[tuple[int, int]],
         cols: list[tuple[int, int]],
         autocast: Callable[[], contextlib.AbstractContextManager],
@@ -585,23 +544,22 @@ class _StageRunner:
         means: dict[DynamicConv2d, torch.Tensor] = {}
         for j, stage in enumerate(stages):
             last = j == len(stages) - 1
-            r = stage.radius + (TAIL_RADIUS if last else 0)
-            # a block opened in this stage carries its input on (one carried in stays as is)
-            writes_skip = stage.skip_out and any(kind == "save" for kind, _ in stage.steps)
+            r = stage.radius + (self.net.tail_radius if last else 0)
             sums: torch.Tensor | None = None
             with pinned_attention(means), autocast():
                 for bi, (y0, y1) in enumerate(rows):
                     band: dict[str, torch.Tensor] = {}
                     for x0, x1 in cols:
                         core = (y0, y1, x0, x1)
-                        cur, skip = self.upper(stage, j == 0, core, r)
+                        cur, stack = self.upper(stage, j == 0, core, r)
                         if last:
                             self.image(cur, core)
                             self.tick()
                             continue
+                        # the stack maps the stage made (those it kept stay as they are)
                         tiles = {"cur": cur.crop(*core).t}
-                        if writes_skip:
-                            tiles["skip"] = skip.crop(*core).t
+                        for i in range(stage.kept, stage.stack_out):
+                            tiles[f"stack{i}"] = stack[i].crop(*core).t
                         part = tiles["cur"].sum(dim=(2, 3), dtype=torch.float64)
                         sums = part if sums is None else sums + part
                         for name, t in tiles.items():
@@ -631,6 +589,6 @@ def _stagewise_one(
     progress: Callable[[int, int], None] | None,
 ) -> torch.Tensor:
     rows, cols = _cores(lr.shape[-2], tile), _cores(lr.shape[-1], tile)
-    stages = _stages(net)
+    stages = net.upper_stages()
     runner = _StageRunner(net, lr, dev, progress, len(stages) * len(rows) * len(cols))
     return runner.run(stages, rows, cols, autocast)

@@ -1,4 +1,4 @@
-"""TF32 switches (hdsr.backends) proved on the CPU, where the flags are plain attributes:
+"""TF32 switches (hdsr.devices) proved on the CPU, where the flags are plain attributes:
 exact float32 for hdsr-eval precision=32, TF32 for CUDA training, restored afterwards."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdsr.backends import (
+from hdsr.devices import (
     exact_float32,
     restoring_tf32,
     set_cuda_tf32,
@@ -88,13 +88,18 @@ def test_cpu_results_do_not_depend_on_the_tf32_switches(restore_tf32):
 def test_trainer_kwargs_allow_tf32_only_when_training_on_cuda(
     monkeypatch, accelerator, cuda_available, tf32
 ):
-    import hdsr.backends
+    import hdsr.devices
 
     calls = []
-    monkeypatch.setattr(hdsr.backends, "set_cuda_tf32", calls.append)
+    monkeypatch.setattr(hdsr.devices, "set_cuda_tf32", calls.append)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
     kwargs = trainer_kwargs({"accelerator": accelerator, "strategy": "auto", "max_steps": 3})
-    assert kwargs == {"accelerator": accelerator, "strategy": "auto", "max_steps": 3}
+    assert kwargs == {
+        "_target_": "lightning.pytorch.Trainer",
+        "accelerator": accelerator,
+        "strategy": "auto",
+        "max_steps": 3,
+    }
     assert calls == ([True] if tf32 else [])
 
 
@@ -105,19 +110,20 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
     """hdsr-eval precision=32: every model runs under exact_float32; bf16 leaves TF32 be."""
     from hydra import compose, initialize_config_module
 
-    import hdsr.cli.evaluate
-    from hdsr.module import SRModule
+    import hdsr.cli.evaluate  # noqa: F401 - registers the run-name resolver
+    from hdsr.evaluation.module import EvaluationModule
+    from hdsr.evaluation.run import run_eval
     from helpers.datatrees import make_benchmark
 
     bench = make_benchmark(tmp_path / "bench", "Set5", 2, size=(24, 28))
     seen = []
-    real = SRModule.test_step
+    real = EvaluationModule.test_step
 
     def spy(self, *args, **kwargs):
         seen.append((self.inference["precision"], tf32_state()))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(SRModule, "test_step", spy)
+    monkeypatch.setattr(EvaluationModule, "test_step", spy)
     set_cuda_tf32(True)  # e.g. left on by training in the same process
     before = tf32_state()
     for precision in ("32", "bf16"):
@@ -132,7 +138,7 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
         ]
         with initialize_config_module(config_module="hdsr.conf", version_base="1.3"):
             cfg = compose(config_name="eval", overrides=overrides)
-        hdsr.cli.evaluate.run_eval(cfg)
+        run_eval(cfg)
         assert tf32_state() == before
     # each image of the model (with the precision asked) and of the bicubic baseline
     assert [p for p, _ in seen] == ["32"] * 2 + ["32"] * 2 + ["32"] * 2 + ["bf16"] * 2

@@ -1,0 +1,22 @@
+"""The errors hdsr raises for bad input, each naming the key or the file at fault."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+class UnreadableCheckpoint(ValueError):
+    """A file that a weights-only load cannot read as a checkpoint: ``<path> is not a
+    readable checkpoint: <reason>`` (torn or cut short, not a checkpoint, or Python
+    objects that would need unpickling)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{self.path} is not a readable checkpoint: {reason}")
+
+
+class UntrustedConfigError(ValueError):
+    """A network config from a file that would build something other than an hdsr network,
+    or with arguments that are not plain data; the message names the file and the key."""
