@@ -84,7 +84,8 @@ def build_loggers(
                 config=OmegaConf.to_container(cfg, resolve=True),
                 val_sets=list(val_sets),
             )
-        logger = instantiate({**args, "save_dir": str(run_dir)}, _convert_="all")
+        # not recursive: the W&B run's config is the run's whole config, _target_s and all
+        logger = instantiate({**args, "save_dir": str(run_dir)}, _convert_="all", _recursive_=False)
         if spec.get("_target_") == WANDB_TARGET:
             # Lightning passes anonymous=None, which W&B warns about in every run ("The
             # anonymous setting has no effect"); leaving it out changes nothing else
