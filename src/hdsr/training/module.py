@@ -140,8 +140,9 @@ class SRModule(EvaluationModule):
 
         Raises ``UnreadableCheckpoint`` or ``UntrustedConfigError`` naming the file.
         """
-        if weights_only is False:
-            raise ValueError("hdsr reads checkpoints weights-only; weights_only=False is refused")
+        if weights_only is not None and not weights_only:
+            # checkpoint_io always loads weights-only; a request to unpickle is an error
+            raise ValueError("hdsr reads checkpoints weights-only and never unpickles objects")
         if hparams_file is not None:
             raise ValueError("hdsr checkpoints hold their hyperparameters; hparams_file is unused")
         path = os.fspath(checkpoint_path)
