@@ -37,6 +37,9 @@ import subprocess
 import sys
 import time
 
+# the VmRSS/VmHWM readers of the memory benchmark (this script's folder is on sys.path)
+from measure_memory import _proc_status, _reset_hwm
+
 MiB = 2**20
 WARMUP_SIDE = 16
 #: (case, sizes it runs on): "small", "large"
@@ -53,26 +56,6 @@ CASES = {
 
 
 # -- child ---------------------------------------------------------------------------------
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Vm"):
-                key, value = line.split(":", 1)
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    s = _status()
-    return s["VmHWM"] <= s["VmRSS"] + 64 * 1024
-
-
 def child(case: str, side: int, tile: int, scale: int, overlap: int) -> dict:
     from hdsr.runtime import retain_host_memory
 
@@ -118,13 +101,13 @@ def child(case: str, side: int, tile: int, scale: int, overlap: int) -> dict:
         raise ValueError(case)
 
     run(lr[:, :, :WARMUP_SIDE, :WARMUP_SIDE])
-    before = _status()["VmRSS"]
+    before = _proc_status()["VmRSS"]
     reset = _reset_hwm()
-    before = _status()["VmRSS"] if reset else before
+    before = _proc_status()["VmRSS"] if reset else before
     t0 = time.perf_counter()
     out = run(lr)
     seconds = time.perf_counter() - t0
-    peak = _status()["VmHWM"] - before
+    peak = _proc_status()["VmHWM"] - before
     with torch.inference_mode():
         ref = model(lr)  # the same network untiled (bf16-true: its bfloat16 weights)
     return {
