@@ -10,6 +10,8 @@ Trainer ("💡 Tip: ... install litlogger", "... litmodels").
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 #: loggers to which Lightning adds a console handler when it is imported (the last two
 #: only when the root logger had no handler yet), and stops propagation
@@ -21,6 +23,11 @@ RANK_ZERO_LOGGERS = (
 )
 #: how Lightning's tips begin
 TIP_PREFIXES = ("💡 Tip", "Tip:")
+#: Lightning 2.6's SLURMEnvironment.detect() warns this wherever an ``srun`` executable
+#: exists and the process was not started by srun: on every login node of a cluster,
+#: for every run that has nothing to do with SLURM. Inside a SLURM job the hint is right
+#: (a parallel job without srun) and is kept.
+SRUN_HINT = r"The `srun` command is available on your system but is not used"
 
 
 class DropTips(logging.Filter):
@@ -35,7 +42,8 @@ class DropTips(logging.Filter):
 
 
 def one_line_each() -> None:
-    """Print each of Lightning's log lines once, and none of its tips.
+    """Print each of Lightning's log lines once, and none of its tips (nor its ``srun``
+    hint outside a SLURM job: see ``SRUN_HINT``).
 
     Call after Lightning is imported. When the root logger has handlers (Hydra's job
     logging: the console and the job's log file), Lightning's own console handlers are
@@ -54,3 +62,67 @@ def one_line_each() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropTips) for f in logger.filters):
             logger.addFilter(DropTips())
+    if not os.environ.get("SLURM_JOB_ID"):
+        warnings.filterwarnings("ignore", message=SRUN_HINT)
+
+
+class SacctWarningOnce(logging.Filter):
+    """Let the first of submitit's "Bypassing sacct error" warnings through, with what it
+    means, and drop the rest.
+
+    submitit polls the jobs it submitted with ``sacct``; on a cluster without accounting
+    storage every poll failed with a warning from submitit and a line from sacct itself
+    ("Slurm accounting storage is disabled"), every few seconds for the whole sweep.
+    When sacct says exactly that, polling it stops (``stop_polling_sacct``): it can never
+    answer there, and submitit follows the jobs through the result files they write.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot format is not ours to drop
+            return True
+        if "Bypassing sacct error" not in message:
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        stopped = stop_polling_sacct()
+        record.msg = f"{message} ({stopped}; this warning is shown once)"
+        record.args = ()
+        return True
+
+
+def stop_polling_sacct() -> str:
+    """Stop submitit's ``sacct`` polls when this cluster keeps no accounting (sacct says
+    "accounting storage is disabled"); say what was done."""
+    import subprocess
+
+    try:
+        probe = subprocess.run(
+            ["sacct", "-n", "-j", "1"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"sacct cannot run here: {err}"
+    if "accounting storage is disabled" not in probe.stderr.lower():
+        return "sacct failed; submitit keeps polling it"
+    try:
+        from submitit.slurm.slurm import SlurmInfoWatcher
+    except ImportError:
+        return "this cluster keeps no accounting"
+    SlurmInfoWatcher._make_command = lambda self: None  # nothing to ask: no more polls
+    return (
+        "this cluster keeps no accounting: sacct is not polled again; submitit follows "
+        "the jobs through the result files they write"
+    )
+
+
+def sacct_warning_once() -> None:
+    """Install ``SacctWarningOnce`` on submitit's logger (safe to call again)."""
+    logger = logging.getLogger("submitit")
+    if not any(isinstance(f, SacctWarningOnce) for f in logger.filters):
+        logger.addFilter(SacctWarningOnce())

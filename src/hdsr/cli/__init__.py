@@ -21,6 +21,7 @@ from hdsr.cli.overrides import (
 )
 from hdsr.cli.train import hydra_main as train_hydra_main
 from hdsr.cli.train import prepare_hydra_main
+from hdsr.console import sacct_warning_once
 from hdsr.training.config import CONFIG_MODULE
 
 
@@ -30,6 +31,7 @@ def train_main() -> None:
     check_mode_flags(argv)
     check_renamed_keys(argv)
     sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
+    sacct_warning_once()  # launcher=slurm on a cluster without accounting
     train_hydra_main()
 
 

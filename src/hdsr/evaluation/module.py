@@ -20,6 +20,12 @@ from hdsr.inference.forward import ScoringNet, inference_options, upscale
 from hdsr.metrics import PSNRY, SSIMY, sr_like_hr
 from hdsr.models.layers import full_precision
 
+#: ``self.log`` options for a value every rank already holds (a torchmetrics metric's
+#: ``compute()``, synchronised by torchmetrics): Lightning's epoch-level sync is asked
+#: for, so it does not warn, and it takes the max of identical values, which leaves them
+#: exact (a mean over ranks could round). One process: nothing is synchronised.
+SYNCED = {"sync_dist": True, "reduce_fx": "max", "add_dataloader_idx": False}
+
 
 def _set_metrics(scale: int) -> nn.ModuleDict:
     return nn.ModuleDict({"psnr_y": PSNRY(scale), "ssim_y": SSIMY(scale)})
@@ -224,8 +230,8 @@ class EvaluationModule(L.LightningModule):
                 continue
             psnr, ssim = float(m["psnr_y"].compute()), float(m["ssim_y"].compute())
             bar = stage == "val"
-            self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, add_dataloader_idx=False)
-            self.log(f"{stage}/ssim_y/{name}", ssim, add_dataloader_idx=False)
+            self.log(f"{stage}/psnr_y/{name}", psnr, prog_bar=bar, **SYNCED)
+            self.log(f"{stage}/ssim_y/{name}", ssim, **SYNCED)
         for m in metrics:
             m["psnr_y"].reset()
             m["ssim_y"].reset()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,10 +102,7 @@ def score_sets(
             callbacks=[progress_bar(label)] if bar else [],
             use_distributed_sampler=False,  # WholeImageSets shards the images itself
         )
-    with warnings.catch_warnings():
-        # the scores are gathered by torchmetrics; Lightning's advice to sync them is moot
-        warnings.filterwarnings("ignore", r"It is recommended to use `self.log\('test/")
-        trainer.test(module, datamodule=WholeImageSets(sets), verbose=False)
+    trainer.test(module, datamodule=WholeImageSets(sets), verbose=False)
     return module.image_scores, trainer.is_global_zero
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from hdsr.evaluation.module import SYNCED
 from hdsr.metrics import PSNRY
 from hdsr.training.config import check_ema
 
@@ -85,6 +86,6 @@ class EMA(EMAWeightAveraging):
             value = float(self._raw_psnr.compute())  # one gather of every rank's scores
             if not math.isnan(value):  # NaN: the set had no image this time
                 key = f"val/psnr_y_raw/{self.raw_metric_set}"
-                pl_module.log(key, value, add_dataloader_idx=False)
+                pl_module.log(key, value, **SYNCED)
         self._raw_psnr = None
         super().on_validation_epoch_end(trainer, pl_module)  # the trained weights go back
