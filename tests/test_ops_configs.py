@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -171,6 +172,209 @@ def test_slurm_job_id(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert slurm_job_id() == "70_3"
+
+
+def _stopped_by(sig: int, ckpt: str = "/tmp/x.ckpt", **kwargs) -> GracefulStop:
+    stop = GracefulStop(ckpt, **kwargs)
+    stop.received, stop.saved = int(sig), True
+    return stop
+
+
+@pytest.fixture
+def scontrol_log(tmp_path, monkeypatch):
+    """A scontrol on PATH that records its arguments (one line per call)."""
+    log = tmp_path / "scontrol.log"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "31")
+    return log
+
+
+def test_under_submitit_the_signal_goes_to_submitit_and_hdsr_never_requeues(
+    scontrol_log, monkeypatch
+):
+    """One requeue mechanism per job: in a job submitit started, submitit's handler gets
+    the pre-timeout signal once last.ckpt is written (it requeues within
+    max_num_timeout); hdsr runs no scontrol."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    handed = []
+    before = signal.signal(signal.SIGUSR2, lambda sig, frame: handed.append(sig))
+    try:
+        assert _stopped_by(signal.SIGUSR2).requeue_if_slurm(is_global_zero=True) is False
+        assert handed == [signal.SIGUSR2] and not scontrol_log.exists()
+        # SIGTERM (scancel, preemption's kill) is no pre-timeout signal: nothing is handed on
+        assert _stopped_by(signal.SIGTERM).requeue_if_slurm(is_global_zero=True) is False
+        assert handed == [signal.SIGUSR2]
+        # requeue off: nothing either
+        stop = _stopped_by(signal.SIGUSR2, requeue=False)
+        assert stop.requeue_if_slurm(is_global_zero=True) is False and handed == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+
+
+def test_a_plain_slurm_job_requeues_itself_at_most_max_requeues_times(
+    scontrol_log, monkeypatch, caplog
+):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert _stopped_by(signal.SIGUSR1).requeue_if_slurm(is_global_zero=False) is False
+    assert not scontrol_log.exists()  # rank 0 only
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert _stopped_by(signal.SIGUSR1, max_requeues=2).requeue_if_slurm(True) is True
+    assert scontrol_log.read_text().split() == ["requeue", "31"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert _stopped_by(signal.SIGUSR1, max_requeues=2).requeue_if_slurm(True) is False
+    assert scontrol_log.read_text().split() == ["requeue", "31"]  # no second call
+    assert "it has restarted 2 times (slurm.max_requeues=2)" in caplog.text
+    with pytest.raises(ValueError, match="max_requeues must be >= 0"):
+        GracefulStop("/tmp/x.ckpt", max_requeues=-1)
+
+
+def test_max_requeues_comes_from_the_slurm_config():
+    cfg = compose(["slurm.max_requeues=3"])
+    assert cfg.callbacks.graceful_stop.max_requeues == 3
+    assert compose([]).callbacks.graceful_stop.max_requeues == 50
+
+
+def test_the_stop_checkpoint_is_saved_as_a_full_state_explicitly(tmp_path):
+    """Lightning logs "`weights_only` was not set, defaulting to `False`" for a save that
+    does not say; the line reads like an unsafe load in a job's log."""
+    saved = []
+
+    class Trainer:
+        strategy = type("S", (), {"reduce_boolean_decision": lambda self, d, all: d})()
+        should_stop = False
+
+        def save_checkpoint(self, path, weights_only=None):
+            saved.append((path, weights_only))
+
+    stop = GracefulStop(tmp_path / "last.ckpt")
+    stop.received = int(signal.SIGTERM)
+    stop._maybe_stop(Trainer())
+    assert saved == [(str(tmp_path / "last.ckpt"), False)]
+
+
+# -- the rendezvous of ranks started by SLURM or torchrun ---------------------------------
+def test_a_rendezvous_name_that_does_not_resolve_fails_at_once_naming_it():
+    from hdsr.devices import check_rendezvous
+
+    t = time.time()
+    with pytest.raises(RuntimeError, match=r"no-such-node\.invalid:29500 .*does not resolve"):
+        check_rendezvous("no-such-node.invalid", 29500, rank=1)
+    assert time.time() - t < 10
+
+
+def test_an_unreachable_rendezvous_fails_after_a_few_tries(monkeypatch):
+    import socket
+
+    from hdsr import devices
+
+    tries = []
+
+    def connect(self, address):
+        tries.append(address)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(devices, "RENDEZVOUS_CONNECT_S", 0.01)
+    with pytest.raises(RuntimeError, match=r"rank 1 cannot reach .* 127\.0\.0\.1:29501"):
+        devices.check_rendezvous("127.0.0.1", 29501, rank=1)
+    assert len(tries) == devices.RENDEZVOUS_ATTEMPTS
+    devices.check_rendezvous("127.0.0.1", 29501, rank=0)  # rank 0 opens the store itself
+
+
+def test_a_rendezvous_that_is_not_open_yet_is_waited_for():
+    import socket
+    import threading
+
+    from hdsr.devices import check_rendezvous
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def open_late():
+        time.sleep(1.0)  # rank 0 still starting: connections are refused meanwhile
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    opener = threading.Thread(target=open_late)
+    opener.start()
+    try:
+        check_rendezvous("127.0.0.1", port, rank=1)
+    finally:
+        opener.join()
+        server.close()
+
+
+# -- what a run prints on a machine with SLURM ---------------------------------------------
+def test_the_srun_hint_is_dropped_outside_a_slurm_job_and_kept_inside(monkeypatch):
+    import warnings
+
+    from hdsr.console import SRUN_HINT, one_line_each
+
+    hint = SRUN_HINT.replace("\\", "") + ". HINT: If your intention is to run Lightning on SLURM"
+    for job, shown in ((None, False), ("12", True)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if job:
+                monkeypatch.setenv("SLURM_JOB_ID", job)
+            else:
+                monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+            one_line_each()
+            warnings.warn(hint, UserWarning, stacklevel=1)
+        assert bool(seen) is shown, job
+
+
+def test_submitits_sacct_warning_is_shown_once_with_what_it_means(caplog, monkeypatch):
+    import logging
+
+    from hdsr import console
+    from hdsr.console import sacct_warning_once
+
+    monkeypatch.setattr(console, "stop_polling_sacct", lambda: "no accounting here")
+
+    sacct_warning_once()
+    sacct_warning_once()  # installed once
+    logger = logging.getLogger("submitit")
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for n in (1, 2, 3):
+            logger.warning(f"Call #{n} - Bypassing sacct error Command '['sacct']' failed")
+        logger.warning("another submitit warning")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "Call #1" in lines[0]
+    assert "(no accounting here; this warning is shown once)" in lines[0]
+    assert lines[1] == "another submitit warning"
+
+
+@pytest.mark.parametrize(
+    ("says", "stops"),
+    [("Slurm accounting storage is disabled", True), ("sacct: error: slurmdbd down", False)],
+)
+def test_sacct_is_no_longer_polled_only_where_accounting_is_disabled(
+    tmp_path, monkeypatch, says, stops
+):
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    from hdsr.console import stop_polling_sacct
+
+    fake = tmp_path / "sacct"
+    fake.write_text(f"#!/bin/sh\necho '{says}' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(SlurmInfoWatcher, "_make_command", SlurmInfoWatcher._make_command)
+    watcher = SlurmInfoWatcher()
+    watcher.register_job("5")
+    said = stop_polling_sacct()
+    assert (watcher._make_command() is None) is stops, said
+    assert ("not polled again" in said) is stops
 
 
 # -- GPU trainer settings: cuDNN autotuning, DDP options ----------------------------------

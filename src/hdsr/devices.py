@@ -202,3 +202,63 @@ def build_trainer(trainer_cfg: Any, **extra: Any) -> Any:
     from hydra.utils import instantiate  # with Lightning: only when a Trainer is built
 
     return instantiate(trainer_kwargs(trainer_cfg), **extra)
+
+
+#: how a rank other than 0 finds out that the rendezvous address cannot be reached: a
+#: connection attempt that times out (or finds no route) this many times in a row, each
+#: given ``RENDEZVOUS_CONNECT_S`` seconds. A refused connection is not counted: the host
+#: answers, and rank 0 has not opened its store yet (it may still be starting).
+RENDEZVOUS_ATTEMPTS = 3
+RENDEZVOUS_CONNECT_S = 5.0
+
+
+def check_rendezvous(address: str, port: int, rank: int) -> None:
+    """Fail at once, naming the address and port, where torch's process group would hang.
+
+    ``MASTER_ADDR``/``MASTER_PORT`` of a multi-process run: torch's TCP store retries a
+    name that does not resolve (IPv6 warnings) or a host that does not answer until its
+    timeout (30 minutes), saying nothing clear. Here a name that does not resolve raises
+    at once on every rank, and on ranks other than 0 a host that does not answer raises
+    after ``RENDEZVOUS_ATTEMPTS`` x ``RENDEZVOUS_CONNECT_S`` seconds (15 s).
+
+    Raises:
+        RuntimeError: what failed, with the address and port.
+    """
+    import socket
+    import time
+
+    where = f"{address}:{port} (MASTER_ADDR:MASTER_PORT)"
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise RuntimeError(
+            f"the DDP rendezvous address {where} does not resolve on {socket.gethostname()}:"
+            f" {err.strerror or err}; under SLURM it is the first node's name "
+            "(its hosts must resolve each other's names), elsewhere set MASTER_ADDR"
+        ) from None
+    if rank == 0:
+        return  # rank 0 opens the store itself
+    failures, last = 0, ""
+    patience = time.monotonic() + 600  # then torch's own timeout takes over
+    while failures < RENDEZVOUS_ATTEMPTS and time.monotonic() < patience:
+        for family, kind, proto, _, sockaddr in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(RENDEZVOUS_CONNECT_S)
+                try:
+                    sock.connect(sockaddr)
+                    return
+                except ConnectionRefusedError:
+                    last = ""
+                except OSError as err:  # timed out, no route, network unreachable
+                    last = str(err) or type(err).__name__
+        if last:
+            failures += 1
+        else:
+            time.sleep(0.5)  # refused: rank 0 is not listening yet; wait for it
+    if failures < RENDEZVOUS_ATTEMPTS:
+        return
+    raise RuntimeError(
+        f"rank {rank} cannot reach the DDP rendezvous at {where} from "
+        f"{socket.gethostname()}: {last} ({RENDEZVOUS_ATTEMPTS} tries of "
+        f"{RENDEZVOUS_CONNECT_S:g} s); check that rank 0's node is reachable from this one"
+    )

@@ -20,3 +20,8 @@ class UnreadableCheckpoint(ValueError):
 class UntrustedConfigError(ValueError):
     """A network config from a file that would build something other than an hdsr network,
     or with arguments that are not plain data; the message names the file and the key."""
+
+
+class StoppedRun(RuntimeError):
+    """A run stopped by a signal that will not be resumed automatically (a submitit job
+    that SLURM is not requeueing); the message says where its checkpoint is."""

@@ -22,6 +22,22 @@ def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedP
     )
 
 
+def start(cmd: str, cwd: Path, **env) -> subprocess.Popen:
+    """Start ``cmd`` as ``run`` would (its own process, so signals reach it), output piped."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120")
+    environ.update(env)
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        ["bash", "-c", f"exec {cmd}"],
+        cwd=cwd,
+        env=environ,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

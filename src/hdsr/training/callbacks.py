@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -18,6 +19,37 @@ log = logging.getLogger(__name__)
 
 #: SLURM's pre-timeout signals among the stop signals (``hdsr.runtime.STOP_SIGNALS``)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def under_submitit() -> bool:
+    """True in a job that submitit started (hydra-submitit-launcher: ``launcher=slurm``)."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has requeued and restarted this job (0 for its first start)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def slurm_requeueing() -> bool:
+    """True while SLURM is requeueing this job (``scontrol requeue``, preemption with
+    requeue): its ``Restarts`` count has already grown past this start's
+    SLURM_RESTART_COUNT, and the job will run again. False otherwise (``scancel``, a
+    time limit, a signal sent with ``scancel --signal``), or outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    found = re.search(r"\bRestarts=(\d+)", shown.stdout)
+    return bool(found) and int(found[1]) > slurm_restarts()
 
 
 def slurm_job_id() -> str | None:
@@ -35,20 +67,39 @@ class GracefulStop(L.Callback):
     where this one stopped. Every rank stops together (any rank's signal counts); with
     several ranks they agree every ``check_every_n_steps`` batches (one all-reduce), so a
     signal stops the run within that many batches plus one. After
-    ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. Under
-    SLURM, after a pre-timeout signal (USR1/USR2) and with ``requeue`` on, rank 0 requeues
-    the job (``scontrol requeue``); the requeued job resumes from ``ckpt_path``. SIGTERM
-    (e.g. scancel) never requeues. A second Ctrl-C interrupts at once: Lightning turns the
-    KeyboardInterrupt into ``sys.exit(1)``; ``interrupted`` tells the caller to exit 130.
+    ``fit`` returns, ``exit_code`` (128 + signal) tells the caller to exit non-zero. A
+    second Ctrl-C interrupts at once: Lightning turns the KeyboardInterrupt into
+    ``sys.exit(1)``; ``interrupted`` tells the caller to exit 130.
+
+    Requeueing, after a pre-timeout signal (USR1/USR2) with ``requeue`` on: exactly one
+    mechanism requeues a job, so a job never comes back twice for one signal.
+
+    * In a job submitit started (``launcher=slurm``, ``launcher=slurm_node``), submitit
+      does: once ``last.ckpt`` is written, the signal is handed to submitit's own handler,
+      which requeues the job while ``hydra.launcher.max_num_timeout`` allows and ends it
+      otherwise. hdsr never calls ``scontrol`` there.
+    * In a plain ``sbatch`` script (``--signal=USR1@120``), rank 0 runs ``scontrol
+      requeue`` itself, at most ``max_requeues`` times (SLURM_RESTART_COUNT).
+
+    The requeued job resumes from ``ckpt_path``. SIGTERM (``scancel``, or the end of a
+    time limit without a pre-timeout signal) never requeues: the run stops with
+    ``ckpt_path`` written and the next run started by hand resumes it.
     """
 
     def __init__(
-        self, ckpt_path: str | Path, requeue: bool = True, check_every_n_steps: int = 10
+        self,
+        ckpt_path: str | Path,
+        requeue: bool = True,
+        check_every_n_steps: int = 10,
+        max_requeues: int = 50,
     ) -> None:
         if int(check_every_n_steps) < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if int(max_requeues) < 0:
+            raise ValueError(f"max_requeues must be >= 0, got {max_requeues}")
         self.ckpt_path = str(ckpt_path)
         self.requeue = requeue
+        self.max_requeues = int(max_requeues)
         self.check_every_n_steps = int(check_every_n_steps)
         self._batches = 0
         self.received: int | None = None
@@ -96,7 +147,9 @@ class GracefulStop(L.Callback):
         stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not stop:
             return
-        trainer.save_checkpoint(self.ckpt_path)
+        # the whole training state (weights_only=False names what is written; left unset,
+        # Lightning logs a "defaulting to False" line that reads like an unsafe load)
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self.saved = True
         trainer.should_stop = True
         if self.received is None:  # another rank got the signal
@@ -120,11 +173,35 @@ class GracefulStop(L.Callback):
         return None if self.received is None else 128 + int(self.received)
 
     def requeue_if_slurm(self, is_global_zero: bool) -> bool:
-        """Ask SLURM to requeue this job (rank 0 only); True if it was asked."""
+        """After a pre-timeout signal, have the job requeued (see the class docstring):
+        under submitit, hand the signal to submitit's handler (which requeues and exits,
+        or ends the job when its timeouts are used up); in a plain SLURM job, rank 0 runs
+        ``scontrol requeue``. Call after ``restore_handlers``. True if hdsr requeued."""
         job = slurm_job_id()
-        if not (self.requeue and is_global_zero and job and self.saved):
+        if not (self.requeue and job and self.saved) or self.received not in REQUEUE_SIGNALS:
             return False
-        if self.received not in REQUEUE_SIGNALS:
+        if under_submitit():
+            handler = signal.getsignal(self.received)
+            if callable(handler) and handler is not signal.default_int_handler:
+                log.warning(
+                    "%s written; submitit requeues job %s (hydra.launcher.max_num_timeout)",
+                    self.ckpt_path,
+                    job,
+                )
+                handler(self.received, None)  # submitit's: requeues and exits on rank 0
+            return False
+        if not is_global_zero:
+            return False
+        restarts = slurm_restarts()
+        if restarts >= self.max_requeues:
+            log.error(
+                "SLURM job %s not requeued: it has restarted %d times (slurm.max_requeues=%d);"
+                " rerun the same command to resume from %s",
+                job,
+                restarts,
+                self.max_requeues,
+                self.ckpt_path,
+            )
             return False
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if result.returncode != 0:

@@ -6,6 +6,7 @@ requeue handling; the final scores beside bicubic. :func:`train` orchestrates th
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdsr.console import one_line_each
 from hdsr.devices import build_trainer as build_trainer_from
+from hdsr.devices import check_rendezvous
+from hdsr.errors import StoppedRun
 from hdsr.evaluation.bicubic import bicubic_per_image, set_means
 from hdsr.evaluation.tables import final_rows, final_table, image_rows
 from hdsr.runtime import apply_runtime_config, single_job_argv, wandb_mode
-from hdsr.training.callbacks import GracefulStop
+from hdsr.training.callbacks import (
+    REQUEUE_SIGNALS,
+    GracefulStop,
+    slurm_requeueing,
+    under_submitit,
+)
 from hdsr.training.checkpoint_files import (
     AtomicCheckpointIO,
     move_previous_checkpoints,
@@ -114,10 +122,14 @@ def fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> di
     code to run), then return the last validation's metrics (validating once more when
     a finished run was resumed and nothing was validated).
 
-    Raises SystemExit 128 + signal when a stop signal ended the run (after requeueing
-    the job under SLURM), and 130 after a second Ctrl-C.
+    Raises SystemExit 128 + signal when a stop signal ended the run (``after_stop``
+    then has the job requeued under SLURM), and 130 after a second Ctrl-C.
     """
     stop = graceful_stop(trainer)
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size > 1 and env is not None and env.creates_processes_externally:
+        # ranks started by SLURM or torchrun meet at MASTER_ADDR: say so if they cannot
+        check_rendezvous(env.main_address, env.main_port, trainer.global_rank)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
@@ -128,13 +140,50 @@ def fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> di
     if stop is not None:
         stop.restore_handlers()
         if stop.exit_code is not None:
-            stop.requeue_if_slurm(trainer.is_global_zero)
             raise SystemExit(stop.exit_code)
     metrics = val_metrics(trainer)
     if not metrics:  # resumed a finished run: nothing was validated this time
         trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = val_metrics(trainer)
     return metrics
+
+
+def close_wandb(loggers: list[Any], exit_code: int) -> None:
+    """Finish the W&B run. On the way out of a stopped or failed run, a W&B error (its
+    service already stopped by SLURM, say) is a warning, never the run's outcome: the
+    offline run files keep what was logged, and the stop still reaches its caller."""
+    if exit_code == 0:
+        finish_wandb(loggers, exit_code=exit_code)
+        return
+    try:
+        finish_wandb(loggers, exit_code=exit_code)
+    except Exception as err:  # noqa: BLE001 - any W&B failure; the stop must go on
+        logging.getLogger(__name__).warning(
+            "the W&B run was not closed cleanly (%s: %s); its files keep what was logged",
+            type(err).__name__,
+            err,
+        )
+
+
+def after_stop(trainer: Any) -> None:
+    """Once a stop signal ended the run and its ``last.ckpt`` is written: under SLURM,
+    have the job requeued after a pre-timeout signal (``GracefulStop.requeue_if_slurm``:
+    submitit's handler or ``scontrol requeue``, which may end this process); in a
+    submitit job that SLURM will not run again (``scancel``, a time limit reached
+    without its pre-timeout signal), raise ``StoppedRun``: an error, not an exit, makes
+    submitit write the job's result, so the sweep waiting for it hears of the stop at
+    once (on a cluster without accounting it would wait forever)."""
+    stop = graceful_stop(trainer)
+    if stop is None or stop.exit_code is None:
+        return
+    stop.requeue_if_slurm(trainer.is_global_zero)
+    handed_on = stop.requeue and stop.received in REQUEUE_SIGNALS  # to submitit
+    if under_submitit() and not handed_on and not slurm_requeueing():
+        raise StoppedRun(
+            f"stopped by {signal.Signals(stop.received).name} at step "
+            f"{trainer.global_step}: {stop.ckpt_path} written; the same command resumes "
+            "the run"
+        ) from None
 
 
 def report(
@@ -226,12 +275,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return result
     except SystemExit as stopped:  # a stop signal (128 + signal) or a second Ctrl-C (130)
         exit_code = stopped.code if isinstance(stopped.code, int) else 1
+        # W&B first: a requeue stops every process of the job, W&B's service among them
+        close_wandb(loggers, exit_code)
+        after_stop(trainer)
         raise
     finally:
         stop = graceful_stop(trainer)
         if stop is not None:
             stop.restore_handlers()
-        finish_wandb(loggers, exit_code=exit_code)
+        close_wandb(loggers, exit_code)
 
 
 def prepare(cfg: DictConfig) -> None:
