@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast lint wheel bench-data bench-speed bench-upscale gpu-check clean
+.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ test: dev  ## install what tests need and run the whole suite (slow tests includ
 
 test-fast: dev  ## the suite without the slow end-to-end tests, in parallel
 	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
+
+slurm-up:  ## as root: start the SLURM test cluster the slurm tests use (installs it if missing)
+	tests/cluster/slurm.sh up
+
+slurm-down:  ## stop the SLURM test cluster
+	tests/cluster/slurm.sh down
 
 lint: dev  ## ruff and the package's layers (lint-imports)
 	$(BIN)/ruff check src tests experiments
