@@ -27,7 +27,9 @@ class _Strategy:
 def _fake_trainer(world_size: int) -> SimpleNamespace:
     trainer = SimpleNamespace(world_size=world_size, strategy=_Strategy(), should_stop=False)
     trainer.saved_at = []  # the batch at which each checkpoint was written
-    trainer.save_checkpoint = lambda path: trainer.saved_at.append(trainer.batches)
+    trainer.save_checkpoint = lambda path, weights_only=None: trainer.saved_at.append(
+        trainer.batches
+    )
     return trainer
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import textwrap
 import time
@@ -465,39 +466,45 @@ def test_search_workers_in_a_job_array_survive_a_killed_worker(cluster, tmp_path
     array = submitted.stdout.strip().split(";")[0]
     outs = [tmp_path / f"worker_{i}.out" for i in (0, 1)]
 
+    optuna = pytest.importorskip("optuna")
+    from hdsr.search.study import RETRY_OF, WORKER_PID
+
+    def study():
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        )
+        return optuna.load_study(study_name="tiny", storage=storage)
+
     def a_trial_is_training():
-        """The worker (0 or 1) whose latest trial has a checkpoint and is still going."""
-        for i, out in enumerate(outs):
-            text = out.read_text() if out.exists() else ""
-            started = re.findall(r"\[search\] trial (\d+) (?:starts|resumes)", text)
-            if not started:
-                continue
-            n = started[-1]
-            ended = rf"\[search\] trial {n} (?:complete|finished|pruned|failed)"
-            going = not re.search(ended, text)
-            trial_dir = tmp_path / "runs" / "search" / "tiny" / f"trial_{n}"
-            if going and (trial_dir / "checkpoints" / "last.ckpt").exists():
-                return str(i)
+        """A RUNNING trial whose run has written a checkpoint: (trial, its worker's pid)."""
+        if not journal.exists():
+            return None
+        for t in study().get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            ckpt = tmp_path / "runs" / "search" / "tiny" / f"trial_{t.number}" / "checkpoints"
+            if WORKER_PID in t.system_attrs and (ckpt / "last.ckpt").exists():
+                return t.number, int(t.system_attrs[WORKER_PID])
         return None
 
-    victim = int(wait_for(a_trial_is_training, "a trial training", 300))
-    assert run(f"scancel --signal=KILL {array}_{victim}", tmp_path).returncode == 0
+    victim, pid = wait_for(a_trial_is_training, "a trial training", 300)
+    # killed outright, as a lost node would be (scancel --signal=KILL gives a job step
+    # SIGTERM and KillWait seconds first: the worker would requeue its trial itself)
+    os.kill(pid, signal.SIGKILL)
     wait_for(
         lambda: (
-            job_field(array, "JobState") in ("COMPLETED", "FAILED", "CANCELLED")
-            and not subprocess.run(
+            not subprocess.run(
                 ["squeue", "-h", "-j", array], capture_output=True, text=True
             ).stdout.strip()
         ),
         "end of both workers",
         600,
     )
-    optuna = pytest.importorskip("optuna")
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))
-    )
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = study().get_trials()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3, [(t.number, t.state) for t in trials]
-    survivor = outs[1 - victim].read_text()
-    assert "requeued" in survivor, survivor[-3000:]
+    assert len(complete) == 3, [(t.number, t.state) for t in trials]  # exactly --trials
+    killed = next(t for t in trials if t.number == victim)
+    assert killed.state == optuna.trial.TrialState.FAIL  # requeued by the other worker
+    (retry,) = [t for t in complete if t.user_attrs.get(RETRY_OF) == victim]
+    assert retry.params == killed.params
+    said = "".join(out.read_text() for out in outs)
+    assert f"trial {victim} was left running by a worker that stopped: requeued" in said
+    assert f"resumes trial {victim}" in said
