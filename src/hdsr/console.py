@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import warnings
 
 #: loggers to which Lightning adds a console handler when it is imported (the last two
@@ -100,8 +101,6 @@ class SacctWarningOnce(logging.Filter):
 def stop_polling_sacct() -> str:
     """Stop submitit's ``sacct`` polls when this cluster keeps no accounting (sacct says
     "accounting storage is disabled"); say what was done."""
-    import subprocess
-
     try:
         probe = subprocess.run(
             ["sacct", "-n", "-j", "1"], capture_output=True, text=True, timeout=30

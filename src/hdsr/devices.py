@@ -24,6 +24,8 @@ been mixed inconsistently); :func:`exact_float32` also pins the new-API strings 
 from __future__ import annotations
 
 import contextlib
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -224,9 +226,6 @@ def check_rendezvous(address: str, port: int, rank: int) -> None:
     Raises:
         RuntimeError: what failed, with the address and port.
     """
-    import socket
-    import time
-
     where = f"{address}:{port} (MASTER_ADDR:MASTER_PORT)"
     try:
         infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)

@@ -172,13 +172,18 @@ class GracefulStop(L.Callback):
     def exit_code(self) -> int | None:
         return None if self.received is None else 128 + int(self.received)
 
+    @property
+    def asks_requeue(self) -> bool:
+        """A pre-timeout signal stopped the run and ``requeue`` is on."""
+        return bool(self.requeue) and self.received in REQUEUE_SIGNALS
+
     def requeue_if_slurm(self, is_global_zero: bool) -> bool:
         """After a pre-timeout signal, have the job requeued (see the class docstring):
         under submitit, hand the signal to submitit's handler (which requeues and exits,
         or ends the job when its timeouts are used up); in a plain SLURM job, rank 0 runs
         ``scontrol requeue``. Call after ``restore_handlers``. True if hdsr requeued."""
         job = slurm_job_id()
-        if not (self.requeue and job and self.saved) or self.received not in REQUEUE_SIGNALS:
+        if not (self.asks_requeue and job and self.saved):
             return False
         if under_submitit():
             handler = signal.getsignal(self.received)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 from collections.abc import Iterable, Sequence
@@ -217,13 +218,28 @@ def log_checkpoints(
 
 
 def finish_wandb(loggers: list[Any], exit_code: int) -> None:
-    """Close this job's W&B run (failed when ``exit_code`` != 0) so the next job gets its own."""
+    """Close this job's W&B run (failed when ``exit_code`` != 0) so the next job gets its own.
+
+    On the way out of a stopped or failed run, a W&B error (its service already stopped
+    by SLURM's requeue, say) is a warning, never the run's outcome: the offline run files
+    keep what was logged, and the stop still reaches its caller."""
     if wandb_logger(loggers) is None:
         return
     import wandb
 
-    if wandb.run is not None:
+    if wandb.run is None:
+        return
+    if exit_code == 0:
         wandb.finish(exit_code=exit_code)
+        return
+    try:
+        wandb.finish(exit_code=exit_code)
+    except Exception as err:  # noqa: BLE001 - any W&B failure; the stop must go on
+        logging.getLogger(__name__).warning(
+            "the W&B run was not closed cleanly (%s: %s); its files keep what was logged",
+            type(err).__name__,
+            err,
+        )
 
 
 class WandbLogger(LightningWandbLogger):

@@ -6,7 +6,6 @@ requeue handling; the final scores beside bicubic. :func:`train` orchestrates th
 
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,6 @@ from hdsr.evaluation.bicubic import bicubic_per_image, set_means
 from hdsr.evaluation.tables import final_rows, final_table, image_rows
 from hdsr.runtime import apply_runtime_config, single_job_argv, wandb_mode
 from hdsr.training.callbacks import (
-    REQUEUE_SIGNALS,
     GracefulStop,
     slurm_requeueing,
     under_submitit,
@@ -148,23 +146,6 @@ def fit(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | None) -> di
     return metrics
 
 
-def close_wandb(loggers: list[Any], exit_code: int) -> None:
-    """Finish the W&B run. On the way out of a stopped or failed run, a W&B error (its
-    service already stopped by SLURM, say) is a warning, never the run's outcome: the
-    offline run files keep what was logged, and the stop still reaches its caller."""
-    if exit_code == 0:
-        finish_wandb(loggers, exit_code=exit_code)
-        return
-    try:
-        finish_wandb(loggers, exit_code=exit_code)
-    except Exception as err:  # noqa: BLE001 - any W&B failure; the stop must go on
-        logging.getLogger(__name__).warning(
-            "the W&B run was not closed cleanly (%s: %s); its files keep what was logged",
-            type(err).__name__,
-            err,
-        )
-
-
 def after_stop(trainer: Any) -> None:
     """Once a stop signal ended the run and its ``last.ckpt`` is written: under SLURM,
     have the job requeued after a pre-timeout signal (``GracefulStop.requeue_if_slurm``:
@@ -177,8 +158,7 @@ def after_stop(trainer: Any) -> None:
     if stop is None or stop.exit_code is None:
         return
     stop.requeue_if_slurm(trainer.is_global_zero)
-    handed_on = stop.requeue and stop.received in REQUEUE_SIGNALS  # to submitit
-    if under_submitit() and not handed_on and not slurm_requeueing():
+    if under_submitit() and not stop.asks_requeue and not slurm_requeueing():
         raise StoppedRun(
             f"stopped by {signal.Signals(stop.received).name} at step "
             f"{trainer.global_step}: {stop.ckpt_path} written; the same command resumes "
@@ -276,14 +256,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except SystemExit as stopped:  # a stop signal (128 + signal) or a second Ctrl-C (130)
         exit_code = stopped.code if isinstance(stopped.code, int) else 1
         # W&B first: a requeue stops every process of the job, W&B's service among them
-        close_wandb(loggers, exit_code)
+        finish_wandb(loggers, exit_code=exit_code)
         after_stop(trainer)
         raise
     finally:
         stop = graceful_stop(trainer)
         if stop is not None:
             stop.restore_handlers()
-        close_wandb(loggers, exit_code)
+        finish_wandb(loggers, exit_code=exit_code)
 
 
 def prepare(cfg: DictConfig) -> None:
