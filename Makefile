@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale gpu-check clean
+.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-speed: dev  ## forward and training speed vs the authors' formulation (~14
 
 bench-upscale: dev  ## hdsr-upscale wall time and peak RSS: untiled, budget policy, --tile 256 (~5 min)
 	$(BIN)/python experiments/benchmarks/bench_upscale.py --repeats 2
+
+bench-startup: dev  ## hdsr-train start to its first training step, by phase, demo and a DIV2K tree (~8 min)
+	$(BIN)/python experiments/benchmarks/bench_startup.py --repeats 2
 
 gpu-check: dev  ## on one GPU, <10 min: speed, host syncs per step, compile, cudnn.benchmark, hdsr-eval
 	$(BIN)/python experiments/benchmarks/gpu_check.py

@@ -8,7 +8,7 @@ import torch
 
 from hdsr.data import imresize
 from hdsr.data.datasets import PatchSampler, TrainPatches, WholeImages
-from hdsr.data.demo import DemoImages
+from hdsr.data.demo import DEMO_IMAGES, DemoImages, load_demo_image
 from hdsr.data.pairs import make_pair
 from hdsr.data.transforms import augment, paired_random_crop
 
@@ -98,6 +98,20 @@ def test_demo_images_are_bundled_photos_with_matlab_bicubic_lr():
     np.testing.assert_array_equal(pair.lr, imresize(pair.hr, 1 / 3))
     with pytest.raises(ValueError, match="unknown demo image 'lena'"):
         DemoImages(["lena"])
+
+
+def test_demo_images_are_the_pixels_skimage_data_gives():
+    """The demo files are decoded without skimage.io; the pixels (hence every demo number)
+    are skimage.data's."""
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+    views = {"motorcycle_left": left, "motorcycle_right": right}
+    for name in DEMO_IMAGES:
+        expected = views[name] if name in views else getattr(skimage.data, name)()
+        got = load_demo_image(name)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
 def test_demo_train_and_validation_images_differ():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -116,6 +117,63 @@ def test_checksum_is_checked_once_per_entry_per_process(tmp_path, fresh_process,
         for p in pickle.loads(pickle.dumps(pairs)):
             assert p.lr.shape[0] * 2 == p.hr.shape[0]
     assert len(sizes) == 8  # 4 HR + 4 LR entries, each verified once
+
+
+def _settle(entries: list[Path]) -> None:
+    """Date the entries' last write back a minute, as a cache built in an earlier run is."""
+    for entry in entries:
+        old = entry.stat().st_mtime_ns - 60 * 10**9
+        os.utime(entry, ns=(old, old))
+
+
+def test_a_later_process_skips_the_checksum_of_a_settled_verified_entry(
+    tmp_path, fresh_process, monkeypatch
+):
+    """Every start of every rank used to read the whole cache again to checksum it."""
+    root, src = _cached_div2k(tmp_path)
+    entries = sorted((root / ".hdsr_cache").rglob("*.npy"))
+    assert len(entries) == 8
+    summed = []
+    real = cache.checksum
+    monkeypatch.setattr(cache, "checksum", lambda a: summed.append(a.shape) or real(a))
+    fresh_process()
+    src.load(2)
+    assert len(summed) == 8  # just written: checksummed, and not recorded as verified yet
+    assert all("verified" not in json.loads(Path(f"{e}.json").read_text()) for e in entries)
+
+    _settle(entries)
+    fresh_process()
+    src.load(2)
+    assert len(summed) == 16  # a new identity (utime): checksummed again, then recorded
+    fresh_process()
+    pairs = DIV2KImages(root, ranges=[[1, 4]]).load(2)
+    assert len(summed) == 16  # a later process: nothing read to check
+    np.testing.assert_array_equal(pairs[1].hr, read_image(root / "DIV2K_train_HR" / "0002.png"))
+
+    # a write after the verification changes the identity: the damage is found
+    _zero_payload(root / ".hdsr_cache" / "DIV2K_train_HR" / "0002.npy")
+    fresh_process()
+    pairs = src.load(2)
+    assert len(summed) > 16  # checked, found damaged, rebuilt
+    np.testing.assert_array_equal(pairs[1].hr, read_image(root / "DIV2K_train_HR" / "0002.png"))
+
+
+def test_a_read_only_cache_is_checksummed_each_time(tmp_path, fresh_process, monkeypatch):
+    root, src = _cached_div2k(tmp_path)
+    entries = sorted((root / ".hdsr_cache").rglob("*.npy"))
+    _settle(entries)
+    records = {e: Path(f"{e}.json").read_text() for e in entries}
+    real_write = cache._atomic_write
+
+    def read_only(path, write, binary):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache, "_atomic_write", read_only)
+    for _ in range(2):
+        fresh_process()
+        assert len(src.load(2)) == 4
+    assert {e: Path(f"{e}.json").read_text() for e in entries} == records
+    monkeypatch.setattr(cache, "_atomic_write", real_write)
 
 
 def test_records_without_a_checksum_are_rebuilt(tmp_path, fresh_process):

@@ -7,6 +7,15 @@ and the array file is complete and matches its checksum; otherwise it is rebuilt
 warning naming the file when the entry was damaged rather than absent or stale). The
 checksum is verified the first time a process uses an entry, so later opens cost nothing.
 
+A verified entry whose last write is older than :data:`SETTLED_S` also gets its file's
+identity in the record (``verified``: inode, size, mtime and ctime, nanoseconds). Later
+processes that find the file with that same identity skip the checksum: any write since
+changes the mtime (to a time well after the recorded one) and the ctime, which no tool can
+set back. Without that, every start of every rank re-read the whole cache (DIV2K x2:
+about 8 GB, four seconds of CRC from the page cache here, far more from a network disk)
+before its first training step. The cache folder need not be writable: where the record
+cannot be updated the checksum is simply verified each time.
+
 Writes go to a temporary name and are renamed into place (atomic on POSIX), the record
 last, so an interrupted build is never loaded. A lock file serialises builders of the same
 entry: concurrent processes (DDP ranks, jobs of a sweep) build it once and the others wait,
@@ -21,6 +30,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +45,11 @@ CACHE_VERSION = 2
 #: (path, inode, size, mtime, crc32) of the entries this process has checksummed and found
 #: intact: a later open of the same file is not read again.
 _verified: set[tuple] = set()
+
+#: seconds since an entry's last write before its verification is recorded for later
+#: processes: file times have a coarse clock (a tick of a few ms), so a write landing in
+#: the same tick as the recorded mtime could otherwise go unseen.
+SETTLED_S = 2.0
 
 
 class CacheEntryError(ValueError):
@@ -67,15 +82,45 @@ def _fingerprint(entry: Path, crc: int) -> tuple:
     return (str(entry), st.st_ino, st.st_size, st.st_mtime_ns, crc)
 
 
+def _identity(st: os.stat_result) -> dict:
+    """What a write to the file would change: the record's ``verified`` field."""
+    return {
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def _record_verified(entry: Path, saved: dict, before: os.stat_result) -> None:
+    """Add the identity of ``entry`` (checksummed intact, unchanged while it was read) to
+    its record, when its last write has settled; quietly nothing where the cache cannot be
+    written or the record changed meanwhile (a rebuild)."""
+    if time.time_ns() - before.st_mtime_ns < SETTLED_S * 1e9:
+        return
+    meta = _meta_path(entry)
+    try:
+        with file_lock(entry.with_name(entry.name + ".lock")):
+            if json.loads(meta.read_text()) != saved:
+                return
+            updated = dict(saved, verified=_identity(before))
+            _atomic_write(meta, lambda f: json.dump(updated, f), binary=False)
+    except (OSError, ValueError):  # a read-only cache, a record replaced meanwhile
+        return
+
+
 #: kinds of unusable entry: "absent" and "stale" are rebuilt quietly, "damaged" with a warning
 Problem = tuple[str, str]
 
 
-def _inspect(entry: Path, record: dict | None) -> tuple[Problem | None, np.ndarray | None]:
+def _inspect(
+    entry: Path, record: dict | None, locked: bool = False
+) -> tuple[Problem | None, np.ndarray | None]:
     """``(None, memory map)`` when ``entry`` is usable, else ``((kind, why), None)``.
 
     ``record`` is what the source demands (see :func:`source_record`); ``None`` checks the
-    entry's integrity only.
+    entry's integrity only. ``locked``: the caller holds the entry's lock (the record is
+    then left as it is: taking the lock again would wait on ourselves).
     """
     try:
         saved = json.loads(_meta_path(entry).read_text())
@@ -98,10 +143,17 @@ def _inspect(entry: Path, record: dict | None) -> tuple[Problem | None, np.ndarr
     if [list(arr.shape), str(arr.dtype)] != [saved.get("shape"), saved.get("dtype")]:
         return ("damaged", f"array {arr.dtype}{list(arr.shape)} is not the recorded one"), None
     key = _fingerprint(entry, saved["crc32"])
-    if key not in _verified:
-        if checksum(arr) != saved["crc32"]:
-            return ("damaged", "checksum mismatch: its bytes changed after it was written"), None
+    if key in _verified:
+        return None, arr
+    before = entry.stat()
+    if saved.get("verified") == _identity(before):  # checksummed since its last write
         _verified.add(key)
+        return None, arr
+    if checksum(arr) != saved["crc32"]:
+        return ("damaged", "checksum mismatch: its bytes changed after it was written"), None
+    _verified.add(key)
+    if not locked and _identity(entry.stat()) == _identity(before):
+        _record_verified(entry, saved, before)
     return None, arr
 
 
@@ -148,7 +200,7 @@ def ensure_cached(entry: Path, source: Path, tag: str, produce: Callable[[], np.
         return False
     entry.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(entry.with_name(entry.name + ".lock")):
-        problem, _ = _inspect(entry, record)
+        problem, _ = _inspect(entry, record, locked=True)
         if problem is None:  # another process built it while we waited
             return False
         kind, why = problem
