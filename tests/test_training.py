@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from hdsr.training.callbacks import GracefulStop, StepProgressBar
+from hdsr.training.callbacks import GracefulStop, ModelSummary, StepProgressBar
 from hdsr.training.run import build_callbacks
 from helpers import FIXTURES
 from helpers.configs import compose
@@ -26,7 +26,7 @@ V01_CKPT = FIXTURES / "hdsrnet_tiny_x2_v0.1.ckpt"
 
 def test_callbacks_group_builds_todays_callbacks(tmp_path):
     cfg = compose([f"paths.run_dir={tmp_path}"])
-    best, last, lr, bar, stop = build_callbacks(cfg, has_logger=True, progress_bar=True)
+    best, last, lr, bar, stop, summary = build_callbacks(cfg, has_logger=True, progress_bar=True)
     ckpt_dir = str(tmp_path / "checkpoints")
     assert isinstance(best, ModelCheckpoint) and best.dirpath == ckpt_dir
     assert (best.filename, best.monitor, best.mode, best.save_last) == (
@@ -44,6 +44,7 @@ def test_callbacks_group_builds_todays_callbacks(tmp_path):
     assert isinstance(bar, StepProgressBar)
     assert isinstance(stop, GracefulStop) and stop.check_every_n_steps == 10 and stop.requeue
     assert stop.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert isinstance(summary, ModelSummary)  # hdsr's: one line, no FLOPs of zero
 
 
 def test_callbacks_follow_the_run_and_can_be_left_out(tmp_path):
@@ -57,7 +58,7 @@ def test_callbacks_follow_the_run_and_can_be_left_out(tmp_path):
             "stop.check_every_n_steps=3",
         ]
     )
-    got = build_callbacks(cfg, has_logger=False, progress_bar=False)
+    got = build_callbacks(cfg, has_logger=False, progress_bar=False, model_summary=False)
     assert [type(c) for c in got] == [ModelCheckpoint]  # no logger: no LR monitor
     assert got[0].monitor == "val/psnr_y/Set14"
     cfg = compose(["data=div2k", "data.val_sets=Set14", "stop.check_every_n_steps=3"])

@@ -29,6 +29,11 @@ TIP_PREFIXES = ("💡 Tip", "Tip:")
 #: for every run that has nothing to do with SLURM. Inside a SLURM job the hint is right
 #: (a parallel job without srun) and is kept.
 SRUN_HINT = r"The `srun` command is available on your system but is not used"
+#: Lightning 2.6.6's ``lightning.pytorch.utilities._pytree`` builds torch's ``LeafSpec``,
+#: which torch 2.13 deprecates with a FutureWarning at every fit: Lightning's code, not
+#: the user's, and nothing the user can act on. Filtered by message and module only.
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+LEAFSPEC_MODULE = r"lightning\.pytorch\.utilities\._pytree"
 
 
 class DropTips(logging.Filter):
@@ -44,7 +49,8 @@ class DropTips(logging.Filter):
 
 def one_line_each() -> None:
     """Print each of Lightning's log lines once, and none of its tips (nor its ``srun``
-    hint outside a SLURM job: see ``SRUN_HINT``).
+    hint outside a SLURM job: see ``SRUN_HINT``, nor its use of a torch API that torch
+    deprecates: ``LEAFSPEC_DEPRECATION``).
 
     Call after Lightning is imported. When the root logger has handlers (Hydra's job
     logging: the console and the job's log file), Lightning's own console handlers are
@@ -65,6 +71,9 @@ def one_line_each() -> None:
             logger.addFilter(DropTips())
     if not os.environ.get("SLURM_JOB_ID"):
         warnings.filterwarnings("ignore", message=SRUN_HINT)
+    warnings.filterwarnings(
+        "ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning, module=LEAFSPEC_MODULE
+    )
 
 
 class SacctWarningOnce(logging.Filter):

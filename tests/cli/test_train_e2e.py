@@ -68,6 +68,12 @@ def test_each_line_is_printed_once_without_tips_and_the_bar_counts_steps(tmp_pat
     log = (tmp_path / "runs" / "hdsrnet_x2_s0" / "train.log").read_text().splitlines()
     assert info == log and any("Seed set to 0" in line for line in log)
     assert any("`Trainer.fit` stopped: `max_steps=12` reached" in line for line in log)
+    # nothing false or foreign: no deprecation warning of Lightning's, no FLOPs of zero
+    assert "deprecated" not in printed and "Warning" not in printed
+    assert "FLOPs" not in printed and "Flops" not in printed
+    (summary,) = [line for line in log if "- model: net (HDSRNet) " in line]
+    assert "parameters (all trainable)" in summary
+    assert "already configured with model summary" not in printed
 
 
 @pytest.mark.slow

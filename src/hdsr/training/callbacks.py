@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from hdsr.runtime import STOP_SIGNALS
 
@@ -214,6 +216,45 @@ class GracefulStop(L.Callback):
             return False
         log.warning("requeued SLURM job %s; it will resume from %s", job, self.ckpt_path)
         return True
+
+
+class ModelSummary(LightningModelSummary):
+    """The model summary in one log line, without FLOPs.
+
+    Lightning's summary counts FLOPs only on a forward of the module's
+    ``example_input_array``, which a super-resolution network (any image size) does not
+    have, so it showed a FLOPs column of zeros and "Total FLOPs: 0" (Lightning 2.6). MACs at
+    a given size are ``hdsr-profile``'s. One line, so the console and ``train.log`` keep
+    the same lines.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        columns = dict(summary_data)
+        layers = ", ".join(
+            f"{name} ({kind}) {params}"
+            for name, kind, params in zip(
+                columns["Name"], columns["Type"], columns["Params"], strict=True
+            )
+        )
+        frozen = total_parameters - trainable_parameters
+        log.info(
+            "model: %s; %s parameters (%s), %.3f MB; %d modules in train mode, %d in eval mode",
+            layers,
+            f"{total_parameters:,}",
+            f"{get_human_readable_count(frozen)} frozen" if frozen else "all trainable",
+            model_size,
+            total_training_modes["train"],
+            total_training_modes["eval"],
+        )
 
 
 class StepProgressBar(RichProgressBar):

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -58,14 +58,16 @@ def build_module(cfg: DictConfig, datamodule: Any) -> Any:
     )
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> list[Any]:
+def build_callbacks(
+    cfg: DictConfig, has_logger: bool, progress_bar: bool, model_summary: bool = True
+) -> list[Any]:
     """The callbacks of ``cfg.callbacks``, in order, each built by ``instantiate``.
 
     Left out: an entry that is null; one whose ``every_n_train_steps`` is null or 0
     (``checkpoint.every_n_train_steps=null``: last.ckpt per epoch only); the EMA while
     ``ema.decay`` is null; the learning
     rate monitor without a logger and progress bars when the Trainer shows none (both of
-    which Lightning refuses).
+    which Lightning refuses); the model summary with ``trainer.enable_model_summary=false``.
     """
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
@@ -77,6 +79,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, progress_bar: bool) -> li
         if isinstance(callback, LearningRateMonitor) and not has_logger:
             continue
         if isinstance(callback, ProgressBar) and not progress_bar:
+            continue
+        if isinstance(callback, ModelSummary) and not model_summary:
             continue
         callbacks.append(callback)
     return callbacks
@@ -96,13 +100,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any]) -> Any:
     the callbacks of ``cfg.callbacks`` and the checkpoint plugins."""
     # the strategy: DDPStrategy built from its config node; TF32 allowed when training on CUDA
     bar = cfg.trainer.get("enable_progress_bar", True)
+    summary = cfg.trainer.get("enable_model_summary", True)
+    callbacks = build_callbacks(cfg, bool(loggers), bar, summary)
     return build_trainer_from(
         cfg.trainer,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=build_callbacks(cfg, bool(loggers), bar),
+        callbacks=callbacks,
         plugins=checkpoint_plugins(),
         use_distributed_sampler=False,  # the DataModule shards patches and images itself
+        # the config's summary is in callbacks (or none is wanted): Lightning adds no
+        # default one, and does not log that it skipped it
+        enable_model_summary=False,
     )
 
 
