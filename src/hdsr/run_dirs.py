@@ -1,10 +1,13 @@
-"""Run folders: a job that fails before it wrote anything leaves no folder behind.
+"""Run folders and failed jobs: a job that fails before it wrote anything leaves no
+folder behind, and one that fails on a value the user gave says so in one line.
 
 Hydra makes a job's folder (its ``.hydra/`` configs and the job log) before the task runs,
 so a command rejected for a bad value would leave an empty run folder beside the real
 ones, and ``hdsr-report`` or a later ``ls runs/`` would meet it. :class:`DiscardEmptyRunDir`
 (a Hydra callback, ``hydra.callbacks`` in ``train.yaml`` and ``eval.yaml``) removes the
-folder of a failed job when it holds nothing but what Hydra itself put there.
+folder of a failed job when it holds nothing but what Hydra itself put there;
+:class:`ExitOnConfigError`, after it, turns a bad or missing value into one line on stderr
+and exit status 2, as a bad command-line argument is (Hydra would print a traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from hdsr.errors import ConfigError, UntrustedConfigError
+
+#: what to type for a mandatory value a config leaves open (``???``)
+EXAMPLES = {
+    "data.root": "data.root=/data/DIV2K (DIV2K_train_HR/ and the rest inside)",
+    "data.benchmark_root": "data.benchmark_root=/data/benchmark (Set5/, Set14/, B100/, "
+    "Urban100/ inside)",
+}
 
 
 def holds_only_hydra_files(run_dir: Path, subdir: str) -> bool:
@@ -60,3 +73,30 @@ class DiscardEmptyRunDir(Callback):
             f"removed the run folder {run_dir}: the job failed before writing anything",
             file=sys.stderr,
         )
+
+
+def config_error_line(err: BaseException) -> str | None:
+    """The one line a bad or missing config value deserves, or None for other errors."""
+    if isinstance(err, MissingMandatoryValue):
+        key = str(err.full_key or "").strip() or "a mandatory value"
+        example = EXAMPLES.get(key, f"{key}=<value>")
+        return f"{key} is not set: add {example} to the command"
+    if isinstance(err, ConfigError | UntrustedConfigError):
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
+class ExitOnConfigError(Callback):
+    """After a job failed on a bad or missing value (``ConfigError``, a mandatory ``???``
+    left open): ``<command>: error: <what, naming the key>`` on stderr and exit status 2,
+    instead of Hydra's traceback and status 1. Other failures are Hydra's to report."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        line = config_error_line(job_return._return_value)
+        if line is None:
+            return
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        raise SystemExit(2)

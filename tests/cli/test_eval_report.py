@@ -94,6 +94,35 @@ def test_eval_checkpoints_official_and_ours_with_options(tmp_path, bench):
     assert any(k.startswith("eval/results") for k in keys)
 
 
+def test_eval_right_after_a_demo_run_scores_the_demo_images(tmp_path):
+    """No benchmark folder: hdsr-eval scores the images hdsr-train validated on, the same way."""
+    tiny = "model.net.n_feats=8 model.net.n_blocks=1 model.net.lower_layers=2"
+    small = "data.batch_size=2 data.patch_size=32 data.patches_per_epoch=4"
+    proc = run(f"hdsr-train trainer.max_steps=2 logger=csv {small} {tiny}", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "runs" / "hdsrnet_x2_s0" / "csv" / "version_0" / "metrics.csv")
+    validated = [r for r in rows if r.get("val/psnr_y/demo")][-1]
+    proc = run("hdsr-eval ckpt=runs/hdsrnet_x2_s0/checkpoints/last.ckpt", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scoring the embedded demo validation images (astronaut, chelsea)" in proc.stdout
+    (row,) = read_csv(tmp_path / "runs" / "eval" / "hdsrnet_x2_s0" / "results.csv")[:1]
+    assert row["set"] == "demo" and int(row["images"]) == 2, row
+    assert float(row["psnr_y"]) == pytest.approx(float(validated["val/psnr_y/demo"]), abs=1e-4)
+    assert float(row["ssim_y"]) == pytest.approx(float(validated["val/ssim_y/demo"]), abs=1e-5)
+
+
+def test_eval_demo_images_are_the_training_validation_images():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from hdsr.training.config import CONFIG_MODULE
+    from helpers.configs import compose
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        eval_cfg = hydra_compose("eval")
+    assert list(eval_cfg.data.demo) == list(compose([]).data.val_sets.demo.names)
+
+
 def test_eval_errors_are_clear(tmp_path, bench):
     proc = run(f"hdsr-eval model=bicubic data.benchmark_root={bench} logger=csv", tmp_path)
     assert proc.returncode != 0 and "model=bicubic needs data.scale" in proc.stderr

@@ -248,8 +248,20 @@ def test_final_table_scores_bicubic_on_the_images_the_model_was_scored_on(tmp_pa
 @pytest.mark.slow
 def test_config_errors_leave_no_empty_run_folder(tmp_path):
     proc = run("hdsr-train data.batch_size=abc logger=csv", tmp_path)
-    assert proc.returncode != 0
-    assert "data.batch_size must be a positive integer, got 'abc'" in proc.stderr
+    # one line naming the key, exit 2 as for a bad argument, no traceback
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "hdsr-train: error: data.batch_size must be a positive integer, got 'abc'"
+    )
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+    # a mandatory value left open: the key and an example
+    proc = run("hdsr-train data=div2k logger=csv", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "hdsr-train: error: data.root is not set: add data.root=/data/DIV2K "
+        "(DIV2K_train_HR/ and the rest inside) to the command"
+    )
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
     # a run folder with results in it is kept, whatever the new command got wrong
     kept = tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
@@ -259,5 +271,6 @@ def test_config_errors_leave_no_empty_run_folder(tmp_path):
     assert proc.returncode != 0 and "data.patch_size=1" in proc.stderr
     assert kept.read_bytes() == b"results"
     proc = run("hdsr-eval model=bicubic data.scale=2 data.benchmark_root=. tile=abc", tmp_path)
-    assert proc.returncode != 0 and "tile must be" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("hdsr-eval: error: tile must be")
     assert not (tmp_path / "runs" / "eval").exists()

@@ -16,19 +16,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch  # noqa: F401 - its loggers, which one_line_each rearranges
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from hdsr.console import one_line_each
 from hdsr.data.benchmarks import BenchmarkImages
+from hdsr.data.demo import DemoImages
 from hdsr.devices import PRECISIONS, resolve_device
 from hdsr.errors import ConfigError
 from hdsr.evaluation.scoring import distinct_names, precision_mode, score_sets
@@ -122,6 +124,26 @@ def quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def test_sets(cfg: DictConfig) -> tuple[list[str], Callable[[int], dict[str, list]]]:
+    """The names of the sets to score and a function loading their pairs at a scale: the
+    benchmark sets of ``data.test_sets`` under ``data.benchmark_root``, or, with no
+    ``data.benchmark_root``, the embedded demo validation images as one set ``demo`` (said
+    in one line)."""
+    root = cfg.data.get("benchmark_root")
+    if root is not None:
+        names = list(cfg.data.test_sets)
+        return names, lambda s: {n: BenchmarkImages(root, n).load(s) for n in names}
+    demo = DemoImages(list(cfg.data.demo))
+    if rank_zero_only.rank == 0:
+        print(
+            f"data.benchmark_root is not set: scoring the embedded demo validation images "
+            f"({', '.join(demo.names)}) as set 'demo'; data.benchmark_root=/data/benchmark "
+            f"scores {', '.join(cfg.data.test_sets)}",
+            flush=True,
+        )
+    return ["demo"], lambda s: {"demo": demo.load(s)}
+
+
 def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     """Evaluate every checkpoint (and ``model=bicubic``) of ``cfg``; return the summary.
 
@@ -145,7 +167,7 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     for m in models:
         if cfg.data.scale is not None and m.scale != cfg.data.scale:
             raise ConfigError(f"{m.source} is a x{m.scale} model but data.scale={cfg.data.scale}")
-    set_names = list(cfg.data.test_sets)
+    set_names, load_sets = test_sets(cfg)
     run_dir = Path(cfg.paths.run_dir)
     trainer = trainer_config(cfg)
     inference = {
@@ -164,9 +186,7 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
         for m in models:
             s = m.scale
             if s not in sets:
-                sets[s] = {
-                    n: BenchmarkImages(cfg.data.benchmark_root, n).load(s) for n in set_names
-                }
+                sets[s] = load_sets(s)
                 baseline[s], _ = score_sets(
                     BicubicUpsampler(s), s, sets[s], trainer, label=f"bicubic x{s} (baseline)"
                 )
