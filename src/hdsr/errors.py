@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+
+class UsageError(SystemExit):
+    """Exit with status 2 and ``<command>: error: <message>`` on stderr, like argparse:
+    a bad argument or config value, said in one line."""
+
+    def __init__(self, message: str) -> None:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        super().__init__(2)
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""

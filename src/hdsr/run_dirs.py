@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from hdsr.errors import ConfigError, UntrustedConfigError
+from hdsr.errors import ConfigError, UntrustedConfigError, UsageError
 
 #: what to type for a mandatory value a config leaves open (``???``)
 EXAMPLES = {
@@ -82,7 +82,7 @@ def config_error_line(err: BaseException) -> str | None:
         example = EXAMPLES.get(key, f"{key}=<value>")
         return f"{key} is not set: add {example} to the command"
     if isinstance(err, ConfigError | UntrustedConfigError):
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
     return None
 
 
@@ -95,8 +95,5 @@ class ExitOnConfigError(Callback):
         if job_return.status != JobStatus.FAILED:
             return
         line = config_error_line(job_return._return_value)
-        if line is None:
-            return
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
-        print(f"{prog}: error: {line}", file=sys.stderr)
-        raise SystemExit(2)
+        if line is not None:
+            raise UsageError(line)

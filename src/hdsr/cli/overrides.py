@@ -10,10 +10,9 @@ search path that composes the config also lists the options.
 from __future__ import annotations
 
 import fnmatch
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from hdsr.errors import UsageError
 from hdsr.training.config import renamed_override
 
 GLOB_CHARS = "*?["
@@ -33,15 +32,6 @@ _HYDRA_FLAGS_WITH_VALUE = {
     "-p",
     "--experimental-rerun",
 }
-
-
-class UsageError(SystemExit):
-    """Exit with status 2 and a message on stderr, like argparse."""
-
-    def __init__(self, message: str) -> None:
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        super().__init__(2)
 
 
 def _overrides(argv: Sequence[str]) -> list[tuple[int, str]]:

@@ -77,8 +77,8 @@ def _meta_path(entry: Path) -> Path:
     return entry.with_name(entry.name + ".json")
 
 
-def _fingerprint(entry: Path, crc: int) -> tuple:
-    st = entry.stat()
+def _fingerprint(entry: Path, crc: int, st: os.stat_result | None = None) -> tuple:
+    st = st or entry.stat()
     return (str(entry), st.st_ino, st.st_size, st.st_mtime_ns, crc)
 
 
@@ -142,10 +142,10 @@ def _inspect(
         return ("damaged", f"unreadable array file ({type(err).__name__}: {err})"), None
     if [list(arr.shape), str(arr.dtype)] != [saved.get("shape"), saved.get("dtype")]:
         return ("damaged", f"array {arr.dtype}{list(arr.shape)} is not the recorded one"), None
-    key = _fingerprint(entry, saved["crc32"])
+    before = entry.stat()
+    key = _fingerprint(entry, saved["crc32"], before)
     if key in _verified:
         return None, arr
-    before = entry.stat()
     if saved.get("verified") == _identity(before):  # checksummed since its last write
         _verified.add(key)
         return None, arr

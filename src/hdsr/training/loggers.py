@@ -229,12 +229,11 @@ def finish_wandb(loggers: list[Any], exit_code: int) -> None:
 
     if wandb.run is None:
         return
-    if exit_code == 0:
-        wandb.finish(exit_code=exit_code)
-        return
     try:
         wandb.finish(exit_code=exit_code)
     except Exception as err:  # noqa: BLE001 - any W&B failure; the stop must go on
+        if exit_code == 0:
+            raise
         logging.getLogger(__name__).warning(
             "the W&B run was not closed cleanly (%s: %s); its files keep what was logged",
             type(err).__name__,
