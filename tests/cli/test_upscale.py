@@ -328,3 +328,40 @@ def test_a_failed_write_is_that_files_failure_and_the_others_go_on(tiny_ckpt, tm
         want = _expected_rgb(tiny_ckpt, np.asarray(Image.open(tmp_path / f"{name}.png")))
         assert np.array_equal(got, want)
     assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "b_x2.png", "c_x2.png"]
+
+
+def test_an_output_that_would_replace_an_input_is_refused_before_any_work(
+    tiny_ckpt, tmp_path, capsys, monkeypatch
+):
+    """``a.png``'s output ``a_x2.png`` beside an input ``a_x2.png`` (or a rerun into the
+    input folder): refused, nothing computed, nothing written."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.fromarray(_rgb(6, 5, 1)).save(d / "a.png")
+    Image.fromarray(_rgb(6, 5, 2)).save(d / "a_x2.png")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    import hdsr.cli.upscale as cli
+
+    monkeypatch.setattr(cli, "upscale_image", lambda *a, **k: pytest.fail("computed"))
+    assert main([str(d), "-o", str(d), "--ckpt", str(tiny_ckpt)]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert f"the output of {d / 'a.png'} would replace the input {d / 'a_x2.png'}" in err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_an_unusable_destination_is_refused_before_any_work(
+    tiny_ckpt, tmp_path, capsys, monkeypatch
+):
+    img = tmp_path / "p.png"
+    Image.fromarray(_rgb(6, 5)).save(img)
+    import hdsr.cli.upscale as cli
+
+    monkeypatch.setattr(cli, "upscale_image", lambda *a, **k: pytest.fail("computed"))
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("not a folder")
+    assert main([str(img), "-o", str(a_file), "--ckpt", str(tiny_ckpt)]) == 2
+    assert f"-o {a_file} is a file, not a folder" in capsys.readouterr().err.replace("\n", "")
+    below_a_file = a_file / "out"
+    assert main([str(img), "-o", str(below_a_file), "--ckpt", str(tiny_ckpt)]) == 2
+    assert f"-o {below_a_file}: cannot write there" in capsys.readouterr().err.replace("\n", "")
+    assert a_file.read_text() == "not a folder"

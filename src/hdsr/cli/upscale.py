@@ -35,7 +35,9 @@ read and the previous one written in background threads while the network runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -138,6 +140,30 @@ def _jobs(files: list[Path], outdir: Path, scale: int) -> list[tuple[Path, Path,
     return jobs
 
 
+def destination_problem(outdir: Path, jobs: list[tuple[Path, Path, Path | None]]) -> str | None:
+    """Why the outputs cannot be written where asked (checked before any image is
+    computed), or None: ``-o`` is a file or cannot be created or written, or an output
+    would replace one of the inputs (``a.png`` -> ``a_x2.png`` beside an input
+    ``a_x2.png``; a rerun into the input folder would upscale its own outputs)."""
+    if outdir.exists() and not outdir.is_dir():
+        return f"-o {outdir} is a file, not a folder"
+    inputs = {src.resolve(): src for src, _, _ in jobs}
+    for src, dst, _ in jobs:
+        if dst.resolve() in inputs:
+            return (
+                f"the output of {src} would replace the input {inputs[dst.resolve()]}; "
+                "write to another folder (-o)"
+            )
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=outdir, prefix=".hdsr-upscale-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"-o {outdir}: cannot write there ({err.strerror or err})"
+    return None
+
+
 def _load(job: tuple[Path, Path, Path | None]) -> LoadedImage:
     """Read a job's image (in the I/O thread); refuse an output another input claimed."""
     src, dst, clash = job
@@ -180,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("[red]hdsr-upscale: no image files in the inputs[/red]")
         return 1
     s = model.scale
+    jobs = _jobs(files, args.outdir, s)
+    problem = destination_problem(args.outdir, jobs)
+    if problem is not None:
+        console.print(f"hdsr-upscale: {problem}", style="red", markup=False)
+        return 2
     console.print(
         f"{model.name} x{s} on {device}, {len(files)} image(s) -> {args.outdir}", markup=False
     )
@@ -191,7 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    jobs = _jobs(files, args.outdir, s)
     with (
         Progress(*columns, console=console) as progress,
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="hdsr-upscale-io") as io,
