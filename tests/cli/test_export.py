@@ -309,6 +309,8 @@ def test_bad_arguments_and_checkpoints(tiny, tmp_path, capsys):
     fails([good, "-o", str(tmp_path / "no" / "m.onnx")], "output folder", "does not exist")
     fails([good, "-o", str(tmp_path)], "is a directory")
     fails([good, "-o", out, "--tolerance", "0"], "--tolerance must be > 0")
+    for off in ("inf", "nan"):  # values that would switch the parity check off
+        fails([good, "-o", out, "--tolerance", off], f"must be > 0 and finite, got {off}")
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
         main([good, "-o", out, "--sizes", "17x23,64"])
     assert exit_.value.code == 2 and "'64' is not a size HxW" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -126,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given_tolerance = args.tolerance is not None
     if not given_tolerance:
         args.tolerance = onnx_export.TOLERANCE
-    if not args.tolerance > 0:
-        _err(f"--tolerance must be > 0, got {args.tolerance}")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):  # inf: no check at all
+        _err(f"--tolerance must be > 0 and finite, got {args.tolerance}")
         return 2
     dest: Path = args.output
     if dest.is_dir():

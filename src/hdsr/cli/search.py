@@ -10,6 +10,7 @@ resume) is :mod:`hdsr.search`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,10 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.trials is not None and args.trials < 1:
         return _error(f"--trials must be at least 1, got {args.trials}")
-    if args.timeout is not None and args.timeout <= 0:
-        return _error(f"--timeout must be positive, got {args.timeout}")
-    if args.stale_after <= 0:
-        return _error(f"--stale-after must be positive, got {args.stale_after}")
+    # nan and inf would pass a comparison and switch the limit off
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        return _error(f"--timeout must be positive and finite (seconds), got {args.timeout}")
+    if not (math.isfinite(args.stale_after) and args.stale_after > 0):
+        return _error(
+            f"--stale-after must be positive and finite (seconds), got {args.stale_after}"
+        )
     try:
         import_optuna()
     except SystemExit as missing:
