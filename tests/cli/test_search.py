@@ -197,6 +197,26 @@ def test_a_killed_search_resumes_its_study_and_the_interrupted_trial(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_search_whose_trials_all_failed_exits_non_zero(tmp_path):
+    """Two trials whose training cannot start (a DIV2K folder that is not there)."""
+    space = space_file(tmp_path)
+    missing = tmp_path / "no_such_DIV2K"
+    args = [str(space), "--storage", str(tmp_path / "study.journal"), "--trials", "2", "--"]
+    args += [*TINY, "data=div2k", f"data.root={missing}", f"data.benchmark_root={missing}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hdsr.cli.search", *args],
+        cwd=tmp_path,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 of 2 trials: 0 complete, 0 pruned, 2 failed" in proc.stdout
+    assert "every trial failed" in proc.stderr
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_run_distinct_trials(tmp_path):
     space = space_file(tmp_path)
     journal = tmp_path / "shared.journal"

@@ -118,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(usage.code) if isinstance(usage.code, int) else _error(str(usage.code))
     code = worker.run()
     print("\n" + summary(worker), flush=True)
+    if code == 0 and worker.none_succeeded():
+        print(
+            f"{PROG}: every trial failed; each trial's hdsr-train output is "
+            "<run dir>/hdsr-train.out",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     return code
 
 

@@ -374,6 +374,12 @@ class Worker:
         name = signal.Signals(signum).name
         os.write(2, f"[search] {name}: stopping after the trainer's current batch\n".encode())
 
+    def none_succeeded(self) -> bool:
+        """True when the study has trials and every one of them failed (none completed
+        or was pruned): a search that found nothing."""
+        states = [t.state for t in budget_trials(self.trials())]
+        return bool(states) and all(s == self.optuna.trial.TrialState.FAIL for s in states)
+
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         started, failures = time.monotonic(), 0
