@@ -113,6 +113,40 @@ def test_bad_options_stop_hdsr_train_before_any_work():
     check_config(compose(["ema.decay=0.999", "ema.start_step=100"]))
 
 
+def test_a_start_step_training_never_reaches_is_refused():
+    """An average first updated at or after the last step would hold the initial weights
+    for validation, best.ckpt, the final table and every reader."""
+    from hdsr.errors import ConfigError
+    from hdsr.training.config import check_config
+
+    for start in (5, 9):
+        with pytest.raises(ConfigError, match=rf"ema.start_step={start} .*trainer.max_steps=5"):
+            check_config(
+                compose(["ema.decay=0.9", f"ema.start_step={start}", "trainer.max_steps=5"])
+            )
+    check_config(compose(["ema.decay=0.9", "ema.start_step=4", "trainer.max_steps=5"]))
+    check_config(compose(["ema.start_step=9", "trainer.max_steps=5"]))  # EMA off: unused
+    check_config(compose(["ema.decay=0.9", "ema.start_step=9", "trainer.max_steps=-1"]))
+
+
+def test_validation_before_the_first_update_scores_the_trained_weights(tmp_path):
+    """Before ``start_step`` the average holds the initial weights: it is not swapped in
+    (it was, and validation scored the untrained network)."""
+    ema = EMA(0.5, start_step=10, raw_metric_set="a")
+    trainer, module, rec = _fit(tmp_path, ema, steps=4, val_every=4)
+    assert int(ema._average_model.n_averaged) == 0
+    trained = module.net.state_dict()
+    assert all(torch.equal(trained[k], rec.steps[-1][k]) for k in trained)
+    validate = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    dm = SRDataModule(2, Images(0), {"a": Images(1)}, patch_size=8, batch_size=2)
+    fresh = SRModule(module.net, scale=2, val_set_names=["a"])
+    want = validate.validate(fresh, datamodule=dm, verbose=False)[0]["val/psnr_y/a"]
+    assert float(trainer.callback_metrics["val/psnr_y/a"]) == pytest.approx(want, abs=1e-9)
+    assert "val/psnr_y_raw/a" not in trainer.callback_metrics  # it would be the same
+
+
 def test_the_callback_is_there_only_with_a_decay(tmp_path):
     def emas(overrides):
         cfg = compose([f"paths.run_dir={tmp_path}", *overrides])
@@ -126,14 +160,14 @@ def test_the_callback_is_there_only_with_a_decay(tmp_path):
     assert ema.raw_metric_set == "Set14"
 
 
-def _checkpoint(tmp_path, ema: bool):
+def _checkpoint(tmp_path, ema: bool, start_step: int = 0):
     """An hdsr-train-style checkpoint written by a short fit (with or without EMA)."""
     torch.manual_seed(0)
     dm = SRDataModule(2, Images(0), {"a": Images(1)}, patch_size=8, batch_size=2, seed=0)
     net_config = {"_target_": "hdsr.models.HDSRNet", "scale": 2, "n_feats": 8}
     net_config.update(n_blocks=1, lower_layers=2)
     module = SRModule(tiny_net(), scale=2, val_set_names=["a"], net_config=net_config)
-    callbacks = [EMA(0.5)] if ema else []
+    callbacks = [EMA(0.5, start_step=start_step)] if ema else []
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -191,3 +225,26 @@ def test_hdsr_upscale_weights_option(tmp_path):
         want = sr.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         assert np.array_equal(outs[weights], want)
     assert not np.array_equal(outs["ema"], outs["raw"])
+
+
+def test_an_average_never_updated_is_never_loaded(tmp_path, caplog):
+    """A checkpoint of a run stopped before ``ema.start_step`` (written by an earlier
+    version, which did not refuse the setting): its ``state_dict`` holds the initial
+    weights. Every reader takes the trained weights instead, and says so."""
+    path, module = _checkpoint(tmp_path, ema=True, start_step=50)
+    ckpt = torch.load(path, weights_only=True)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 0
+    trained = module.net.state_dict()
+    with caplog.at_level("WARNING"):
+        loaded = load_model(path)
+    assert loaded.weights == "trained"
+    assert "EMA average was never updated" in caplog.text and str(path) in caplog.text
+    got = loaded.net.state_dict()
+    assert all(torch.equal(got[k], trained[k]) for k in trained)
+    with pytest.warns(UserWarning, match="never updated"):
+        again = SRModule.load_from_checkpoint(path)
+    assert all(torch.equal(again.net.state_dict()[k], trained[k]) for k in trained)
+    # an updated average is what the default loads, and says it is the average
+    path, _ = _checkpoint(tmp_path / "b", ema=True)
+    assert load_model(path).weights == "ema"
+    assert load_model(path, weights="raw").weights == "trained"

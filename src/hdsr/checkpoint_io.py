@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hdsr.errors import UnreadableCheckpoint
+from hdsr.errors import NonFiniteWeights, UnreadableCheckpoint
 
 
 def _reason(err: BaseException) -> str:
@@ -46,3 +46,55 @@ def read_checkpoint(
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - whatever the cause, the file cannot be read
         raise UnreadableCheckpoint(os.fspath(path), _reason(err)) from None
+
+
+def _n_averaged(ckpt: dict) -> int | None:
+    """The number of updates of the EMA average stored in an ``hdsr-train`` checkpoint
+    (Lightning's ``averaging_state.n_averaged``); None when it holds no such count."""
+    state = ckpt.get("averaging_state")
+    count = state.get("n_averaged") if isinstance(state, dict) else None
+    if isinstance(count, torch.Tensor) and count.numel() == 1:
+        return int(count.item())
+    return None
+
+
+def weight_set(
+    ckpt: dict, weights: str, path: str | os.PathLike[str]
+) -> tuple[str, str, str | None]:
+    """Which entry of an ``hdsr-train`` checkpoint holds the weights to load.
+
+    ``weights``: ``"ema"`` (the average of an EMA run, the default of every reader) or
+    ``"raw"`` (the trained weights). Returns ``(key, label, note)``: the checkpoint's key,
+    what its weights are (``"ema"`` or ``"trained"``) and a message when they are not what
+    was asked for. A checkpoint without EMA holds the trained weights in ``state_dict``.
+    An average that was never updated (``n_averaged`` 0: training stopped before
+    ``ema.start_step``) holds the initial weights, never what anyone wants to score or
+    export: the trained weights are used and ``note`` says so.
+    """
+    if not isinstance(ckpt.get("current_model_state"), dict):
+        return "state_dict", "trained", None
+    if weights == "raw":
+        return "current_model_state", "trained", None
+    if _n_averaged(ckpt) == 0:
+        return (
+            "current_model_state",
+            "trained",
+            f"{os.fspath(path)}: its EMA average was never updated (training stopped before "
+            "ema.start_step), so it holds the initial weights; the trained weights are used",
+        )
+    return "state_dict", "ema", None
+
+
+def check_finite(state: dict, path: str | os.PathLike[str], key: str = "state_dict") -> None:
+    """Raise ``NonFiniteWeights`` naming ``path`` and the first floating tensor of
+    ``state`` that holds NaN or Inf values."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - finite.sum())
+                raise NonFiniteWeights(
+                    f"{os.fspath(path)}: tensor {key}.{name} has {bad} NaN/Inf value(s) of "
+                    f"{value.numel()}: the weights are broken (a diverged or damaged run); "
+                    "use an earlier checkpoint"
+                )

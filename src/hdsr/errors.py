@@ -38,3 +38,12 @@ class UntrustedConfigError(ValueError):
 class StoppedRun(RuntimeError):
     """A run stopped by a signal that will not be resumed automatically (a submitit job
     that SLURM is not requeueing); the message says where its checkpoint is."""
+
+
+class NonFiniteWeights(ValueError):
+    """A checkpoint whose weights hold NaN or Inf values; the message names the file and
+    the first such tensor. Such weights can only produce broken images and scores."""
+
+
+class NonFiniteOutput(ValueError):
+    """A network output holding NaN or Inf values: never written as an image or scored."""

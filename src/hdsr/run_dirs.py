@@ -22,7 +22,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from hdsr.errors import ConfigError, UntrustedConfigError, UsageError
+from hdsr.errors import (
+    ConfigError,
+    NonFiniteOutput,
+    NonFiniteWeights,
+    UnreadableCheckpoint,
+    UntrustedConfigError,
+    UsageError,
+)
 
 #: what to type for a mandatory value a config leaves open (``???``)
 EXAMPLES = {
@@ -75,13 +82,31 @@ class DiscardEmptyRunDir(Callback):
         )
 
 
+#: errors that say what is wrong with a value or a file the user gave, in their first line
+ONE_LINE_ERRORS = (
+    ConfigError,
+    UntrustedConfigError,
+    UnreadableCheckpoint,
+    NonFiniteWeights,
+    NonFiniteOutput,
+)
+
+
 def config_error_line(err: BaseException) -> str | None:
-    """The one line a bad or missing config value deserves, or None for other errors."""
+    """The one line a bad or missing config value, or an unusable file or output,
+    deserves; None for other errors."""
     if isinstance(err, MissingMandatoryValue):
         key = str(err.full_key or "").strip() or "a mandatory value"
         example = EXAMPLES.get(key, f"{key}=<value>")
         return f"{key} is not set: add {example} to the command"
-    if isinstance(err, ConfigError | UntrustedConfigError):
+    if isinstance(
+        err,
+        ConfigError
+        | UntrustedConfigError
+        | UnreadableCheckpoint
+        | NonFiniteWeights
+        | NonFiniteOutput,
+    ):
         return (str(err).strip().splitlines() or [type(err).__name__])[0]
     return None
 

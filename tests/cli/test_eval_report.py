@@ -129,9 +129,10 @@ def test_eval_errors_are_clear(tmp_path, bench):
     proc = run(f"hdsr-eval data.benchmark_root={bench} logger=csv", tmp_path)
     assert proc.returncode != 0 and "nothing to evaluate" in proc.stderr
     proc = run(f"hdsr-eval ckpt={tmp_path}/none.pt data.benchmark_root={bench}", tmp_path)
-    assert proc.returncode != 0 and "none.pt does not exist" in proc.stderr
+    assert proc.returncode == 2 and "none.pt does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr  # one line, as for a bad value
     proc = run(f"hdsr-eval ckpt={tmp_path} data.benchmark_root={bench}", tmp_path)
-    assert proc.returncode != 0 and f"{tmp_path} is a directory" in proc.stderr
+    assert proc.returncode == 2 and f"{tmp_path} is a directory" in proc.stderr
     for bad, says in (
         ("tile=abc", "tile must be"),
         ("tile_overlap=-1", "tile_overlap must"),

@@ -164,6 +164,19 @@ def test_frozen_attention_is_refused_and_nothing_written(tiny, tmp_path, monkeyp
     assert _leftovers(tmp_path) == []
 
 
+def test_the_header_names_the_weights_exported(tiny, tmp_path, capsys):
+    """"ema weights" only for an EMA checkpoint's average (it said so for any .ckpt)."""
+    path, ema, _ = tiny
+    plain = _save_ckpt(tmp_path / "plain.ckpt", ema.state_dict())
+    for ckpt, extra, says in (
+        (plain, [], "trained weights"),
+        (plain, ["--weights", "raw"], "trained weights"),
+        (path, [], "ema weights"),
+    ):
+        assert main([str(ckpt), "-o", str(tmp_path / "h.onnx"), *extra]) == 0
+        assert f"t x2 (7,072 parameters, {says}) from {ckpt}" in capsys.readouterr().out
+
+
 def test_raw_weights_and_fp16(tiny, tmp_path, capsys):
     path, ema, raw = tiny
     out = tmp_path / "raw16.onnx"

@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     n_params = sum(p.numel() for p in net.parameters())
-    weights = "released" if loaded.name.endswith("(official)") else args.weights
+    weights = loaded.weights
     print(
         f"{loaded.name} x{scale} ({n_params:,} parameters, {weights} weights) from "
         f"{args.ckpt} -> {dest} (opset {args.opset}{', float16' if args.fp16 else ''})"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hdsr.data.datasets import ShardSampler
+from hdsr.errors import NonFiniteOutput
 from hdsr.evaluation.bicubic import bicubic_sr
 from hdsr.imaging import center_crop, to_uint8_image, write_png
 from hdsr.inference.forward import ScoringNet, inference_options, upscale
@@ -169,7 +170,11 @@ class EvaluationModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.test_set_names[dataloader_idx]
         metrics = self.test_metrics[dataloader_idx]
-        sr, index = self._score(batch, name, metrics, self.predict(batch["lr"]))
+        try:
+            out = self.predict(batch["lr"])
+        except NonFiniteOutput as err:  # never scored: name the image
+            raise NonFiniteOutput(f"{name}/{batch.get('name', batch_idx)}: {err}") from None
+        sr, index = self._score(batch, name, metrics, out)
         if self.image_dir is not None and self._first_to_score(index):
             write_png(self.image_dir / name / f"{batch['name']}_x{self.scale}.png", sr)
 

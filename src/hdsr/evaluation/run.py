@@ -155,7 +155,13 @@ def run_eval(cfg: DictConfig) -> list[dict[str, Any]]:
     one_line_each()  # Lightning's log lines once (Hydra's console and log file), no tips
     ckpts = cfg.ckpt if not isinstance(cfg.ckpt, str) else [cfg.ckpt]
     ckpts = [str(c) for c in (ckpts or []) if c]
-    models: list[LoadedModel] = [load_model(c, weights=str(cfg.weights)) for c in ckpts]
+    models: list[LoadedModel] = []
+    for c in ckpts:
+        try:
+            models.append(load_model(c, weights=str(cfg.weights)))
+        except (OSError, KeyError, ValueError) as err:  # a file that holds no network
+            why = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+            raise ConfigError(why if c in why else f"ckpt={c}: {why}") from None
     distinct_names(models)
     if cfg.get("model") is not None:
         scale = cfg.data.scale

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hdsr.devices import PRECISIONS, autocast_context, resolve_device
+from hdsr.errors import NonFiniteOutput
 from hdsr.inference.budget import Plan, default_budget, plan
 from hdsr.inference.tiling import (
     DEFAULT_OVERLAP,
@@ -120,6 +121,7 @@ def upscale(
 
     Raises:
         hdsr.inference.budget.BudgetTooSmall: no path fits ``max_memory``.
+        hdsr.errors.NonFiniteOutput: the output holds NaN or Inf values.
     """
     dev = resolve_device(device)
     autocast_context(dev, precision)  # validates precision before any work
@@ -171,7 +173,16 @@ def upscale(
 
     with torch.inference_mode():
         lr = lr.float()
-        return forward_x8(one, lr) if self_ensemble else one(lr)
+        sr = forward_x8(one, lr) if self_ensemble else one(lr)
+        finite = torch.isfinite(sr)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            raise NonFiniteOutput(
+                f"the network's output has {bad} NaN/Inf value(s) of {sr.numel()}: no image "
+                f"or score is made from it (precision {precision}; broken weights, or values "
+                "out of a half-precision range: try precision 32)"
+            )
+        return sr
 
 
 #: the test step's inference options (hdsr-eval's), with their defaults: one float32 pass

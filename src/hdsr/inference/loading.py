@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from hdsr.checkpoint_io import read_checkpoint
+from hdsr.checkpoint_io import check_finite, read_checkpoint, weight_set
 from hdsr.models import load_official
 from hdsr.models.registry import build_network
 
@@ -21,6 +22,8 @@ class LoadedModel:
     scale: int
     name: str
     source: str
+    #: which weights were loaded: "ema" (an EMA run's average), "trained" or "released"
+    weights: str = "trained"
 
 
 def official_scale(state: dict) -> int:
@@ -52,9 +55,14 @@ def load_model(
       A run with EMA (``ema.decay``) keeps the averaged weights in ``state_dict`` and the
       trained ones in ``current_model_state`` (Lightning's ``WeightAveraging`` layout):
       ``weights="ema"`` (default) loads the averaged ones, ``"raw"`` the trained ones; a
-      checkpoint without EMA has one set, loaded either way.
+      checkpoint without EMA has one set, loaded either way. An average that was never
+      updated (training stopped before ``ema.start_step``) is not loaded: the trained
+      weights are, with a logged warning.
     * Anything else is read as the authors' released format (``HDSRNet_x{2,3,4}.pt``),
       the scale taken from the upsampler, through ``hdsr.models.load_official``.
+
+    Raises ``hdsr.errors.NonFiniteWeights`` naming the tensor when the weights hold NaN
+    or Inf values (they could only give broken images and scores).
     """
     path = Path(path)
     if path.is_dir():
@@ -69,19 +77,20 @@ def load_model(
         if not isinstance(hp, dict) or not hp.get("net_config"):
             raise ValueError(f"{path}: the checkpoint has no net_config to rebuild its network")
         net = build_network(hp["net_config"], str(path), "hyper_parameters.net_config")
-        key = (
-            "current_model_state"
-            if weights == "raw" and "current_model_state" in ckpt
-            else "state_dict"
-        )
+        key, label, note = weight_set(ckpt, weights, path)
+        if note:
+            logging.getLogger(__name__).warning(note)
         if not isinstance(ckpt[key], dict):
             raise ValueError(f"{path}: its {key} is not a mapping of tensors")
         state = {k.removeprefix("net."): v for k, v in ckpt[key].items() if k.startswith("net.")}
+        check_finite(state, path, key + ".net")
         net.load_state_dict(state, strict=True)
         name = hp.get("model_name") or path.stem
-        return LoadedModel(net.eval(), int(hp["scale"]), str(name), str(path))
+        return LoadedModel(net.eval(), int(hp["scale"]), str(name), str(path), label)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: neither an hdsr-train .ckpt nor an HDSRNet state_dict")
     scale = official_scale(state)
-    return LoadedModel(load_official(state, scale), scale, "HDSRNet (official)", str(path))
+    check_finite(state, path, "state_dict" if "state_dict" in ckpt else "weights")
+    net = load_official(state, scale)
+    return LoadedModel(net, scale, "HDSRNet (official)", str(path), "released")

@@ -156,6 +156,21 @@ def check_config(cfg: DictConfig) -> None:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    start, max_steps = (
+        OmegaConf.select(cfg, "ema.start_step", default=0),
+        OmegaConf.select(cfg, "trainer.max_steps", default=-1),
+    )
+    if (
+        OmegaConf.select(cfg, "ema.decay") is not None
+        and isinstance(max_steps, int)
+        and max_steps >= 0
+        and start >= max_steps
+    ):
+        raise ConfigError(
+            f"ema.start_step={start} is not before trainer.max_steps={max_steps}: the average "
+            "would never be updated and every score would be the initial weights'; set "
+            f"ema.start_step below {max_steps} or ema.decay=null"
+        )
     every = OmegaConf.select(cfg, "stop.check_every_n_steps", default=10)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"stop.check_every_n_steps must be a positive integer, got {every!r}")

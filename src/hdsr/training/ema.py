@@ -15,7 +15,10 @@ trained ones, and resuming restores both. hdsr adds:
   that was never stopped. The point of the copy (the model scores the average after
   ``fit``) is kept by the swap, which also covers a ``trainer.validate`` after ``fit``;
 * the options checked with messages that name the key (``ema.decay`` in (0, 1),
-  ``ema.start_step`` >= 0);
+  ``ema.start_step`` >= 0 and before ``trainer.max_steps``);
+* an average not yet updated (validations before ``start_step``) is not swapped in: it
+  holds the initial weights, so the trained ones are scored (and readers of a checkpoint
+  whose average was never updated load its trained weights, ``hdsr.checkpoint_io.weight_set``);
 * the trained weights' PSNR on the first validation set, logged beside the averaged
   ones' as ``val/psnr_y_raw/<set>``, so the gain of the average is visible;
 * readers pick a set: ``hdsr.inference.loading.load_model(..., weights="ema"|"raw")``, used by
@@ -53,14 +56,24 @@ class EMA(EMAWeightAveraging):
         self.decay = float(decay)
         self.raw_metric_set = raw_metric_set
         self._raw_psnr: PSNRY | None = None
+        self._swapped = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained weights in the model (see the module's docstring)."""
 
+    def averaged(self) -> bool:
+        """Whether the average has been updated at least once (before ``start_step`` it
+        holds the initial weights, which are never scored)."""
+        model = self._average_model
+        return model is not None and int(model.n_averaged) > 0
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_epoch_start(trainer, pl_module)  # the average goes in
         self._raw_psnr = None
-        if self.raw_metric_set is not None and self._average_model is not None:
+        self._swapped = self.averaged()
+        if not self._swapped:  # no average yet: the trained weights are scored
+            return
+        super().on_validation_epoch_start(trainer, pl_module)  # the average goes in
+        if self.raw_metric_set is not None:
             self._raw_psnr = PSNRY(int(pl_module.scale)).to(pl_module.device)
 
     def on_validation_batch_end(
@@ -88,4 +101,6 @@ class EMA(EMAWeightAveraging):
                 key = f"val/psnr_y_raw/{self.raw_metric_set}"
                 pl_module.log(key, value, **SYNCED)
         self._raw_psnr = None
-        super().on_validation_epoch_end(trainer, pl_module)  # the trained weights go back
+        if self._swapped:
+            super().on_validation_epoch_end(trainer, pl_module)  # the trained weights go back
+        self._swapped = False

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdsr.checkpoint_io import read_checkpoint
+from hdsr.checkpoint_io import check_finite, read_checkpoint, weight_set
 from hdsr.errors import UnreadableCheckpoint
 from hdsr.evaluation.module import EvaluationModule
 from hdsr.models.hdsrnet import count_parameters
@@ -169,8 +170,10 @@ class SRModule(EvaluationModule):
             if k in hp
         }
         module = cls(net, **{"name": hp.get("model_name"), **stored, **kwargs})
-        raw = weights == "raw" and "current_model_state" in ckpt
-        key = "current_model_state" if raw else "state_dict"
+        key, _, note = weight_set(ckpt, weights, path)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        check_finite(ckpt[key], path, key)
         module.load_state_dict(ckpt[key], strict=True if strict is None else strict)
         if map_location is not None:
             module = module.to(map_location)
