@@ -248,3 +248,36 @@ def test_an_average_never_updated_is_never_loaded(tmp_path, caplog):
     path, _ = _checkpoint(tmp_path / "b", ema=True)
     assert load_model(path).weights == "ema"
     assert load_model(path, weights="raw").weights == "trained"
+
+
+def test_resuming_an_ema_run_with_ema_off_goes_on_from_the_trained_weights(tmp_path, caplog):
+    """The checkpoint's ``state_dict`` is the average: without the EMA callback Lightning
+    would resume from it and the trained weights would be lost for good."""
+    path, module = _checkpoint(tmp_path, ema=True)
+    trained = {k: v.clone() for k, v in module.net.state_dict().items()}
+
+    class Start(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.weights = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+    start = Start()
+    dm = SRDataModule(2, Images(0), {"a": Images(1)}, patch_size=8, batch_size=2, seed=0)
+    again = SRModule(tiny_net(), scale=2, val_set_names=["a"])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=4,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[start],
+    )
+    with caplog.at_level("WARNING"):
+        trainer.fit(again, datamodule=dm, ckpt_path=path, weights_only=True)
+    assert all(torch.equal(start.weights[k], trained[k]) for k in trained)
+    assert "training goes on from its trained weights" in caplog.text
+    assert trainer.global_step == 4
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    after = torch.load(tmp_path / "after.ckpt", weights_only=True)
+    assert "current_model_state" not in after  # one set now: the trained weights

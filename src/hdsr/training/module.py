@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
 
 from hdsr.checkpoint_io import check_finite, read_checkpoint, weight_set
@@ -26,6 +28,8 @@ from hdsr.training.optimizers import (
     build_optimizer,
     describe,
 )
+
+log = logging.getLogger(__name__)
 
 
 class SRModule(EvaluationModule):
@@ -185,6 +189,25 @@ class SRModule(EvaluationModule):
         if self.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         return self._forward(lr)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a run that had EMA (``ema.decay``) with EMA off: its ``state_dict``
+        holds the average and ``current_model_state`` the trained weights. Training goes
+        on from the trained weights (Lightning would load the average, and the trained
+        weights would be lost); the average is dropped, and the log says so."""
+        trained = checkpoint.get("current_model_state")
+        trainer = self._trainer
+        if not isinstance(trained, dict) or trainer is None:
+            return
+        if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
+            return  # the EMA callback restores both sets itself
+        checkpoint["state_dict"] = checkpoint.pop("current_model_state")
+        checkpoint.pop("averaging_state", None)
+        if trainer.is_global_zero:
+            log.warning(
+                "resuming a run that had EMA with ema.decay=null: training goes on from its "
+                "trained weights; its average is dropped (set ema.decay to keep averaging)"
+            )
 
     def on_fit_start(self) -> None:
         params = count_parameters(self.net)
