@@ -160,6 +160,19 @@ def test_the_callback_is_there_only_with_a_decay(tmp_path):
     assert ema.raw_metric_set == "Set14"
 
 
+def _short_trainer(tmp_path, steps: int, callbacks: list) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=steps,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+
+
 def _checkpoint(tmp_path, ema: bool, start_step: int = 0):
     """An hdsr-train-style checkpoint written by a short fit (with or without EMA)."""
     torch.manual_seed(0)
@@ -167,17 +180,7 @@ def _checkpoint(tmp_path, ema: bool, start_step: int = 0):
     net_config = {"_target_": "hdsr.models.HDSRNet", "scale": 2, "n_feats": 8}
     net_config.update(n_blocks=1, lower_layers=2)
     module = SRModule(tiny_net(), scale=2, val_set_names=["a"], net_config=net_config)
-    callbacks = [EMA(0.5, start_step=start_step)] if ema else []
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_steps=3,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
+    trainer = _short_trainer(tmp_path, 3, [EMA(0.5, start_step=start_step)] if ema else [])
     trainer.fit(module, datamodule=dm)
     path = tmp_path / ("ema.ckpt" if ema else "plain.ckpt")
     trainer.save_checkpoint(path)
@@ -263,16 +266,7 @@ def test_resuming_an_ema_run_with_ema_off_goes_on_from_the_trained_weights(tmp_p
     start = Start()
     dm = SRDataModule(2, Images(0), {"a": Images(1)}, patch_size=8, batch_size=2, seed=0)
     again = SRModule(tiny_net(), scale=2, val_set_names=["a"])
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_steps=4,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=[start],
-    )
+    trainer = _short_trainer(tmp_path, 4, [start])
     with caplog.at_level("WARNING"):
         trainer.fit(again, datamodule=dm, ckpt_path=path, weights_only=True)
     assert all(torch.equal(start.weights[k], trained[k]) for k in trained)
