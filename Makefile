@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check clean
+.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -62,5 +62,8 @@ bench-startup: dev  ## hdsr-train start to its first training step, by phase, de
 gpu-check: dev  ## on one GPU, <10 min: speed, host syncs per step, compile, cudnn.benchmark, hdsr-eval
 	$(BIN)/python experiments/benchmarks/gpu_check.py
 
+docs: dev  ## build the documentation site into site/ (mkdocs, strict)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:  ## remove build outputs and runs/ (keeps .venv)
-	rm -rf build dist src/*.egg-info runs .pytest_cache
+	rm -rf build dist src/*.egg-info runs site .pytest_cache
