@@ -452,3 +452,105 @@ def test_without_optuna_the_error_names_the_extra(tmp_path, monkeypatch, capsys)
     space = write_space(tmp_path / "ok.yaml", GOOD_PARAMS)
     assert search_main([str(space)]) == 1
     assert "pip install 'hdsr[search]'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# the journal: torn, damaged, not a journal, a full disk
+# --------------------------------------------------------------------------------------
+
+
+def _journal_of_two_trials(path: Path) -> None:
+    """The journal of study ``tiny`` (space_file's) holding two complete trials, its last
+    record a study attribute."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))
+    )
+    study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    dists = {
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+        "model.net.temperature": optuna.distributions.FloatDistribution(10, 60),
+    }
+    for i in range(2):
+        params = {"optimizer.lr": 1e-4 * (i + 1), "model.net.temperature": 30.0}
+        attrs = {search.RUN_DIR: str(path.parent / f"trial_{i}"), search.COMMAND: ["seed=0"]}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dists, value=20.0 + i, user_attrs=attrs
+            )
+        )
+    study.set_user_attr("note", "the last record")
+
+
+def test_a_torn_journal_tail_is_removed_before_anything_is_appended(tmp_path, capsys):
+    """A write cut short (a full disk, a kill) left half a record at the end: Optuna's next
+    append would continue that line and the study could never be read again."""
+    journal = tmp_path / "study.journal"
+    _journal_of_two_trials(journal)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-40])
+    space = space_file(tmp_path)
+    assert search_main([str(space), "--storage", str(journal), "--trials", "2", "--", *TINY]) == 0
+    out = capsys.readouterr().out
+    start = whole[:-1].rfind(b"\n") + 1  # the torn record's first byte
+    assert f"its last record (bytes {start}-{len(whole) - 40}) was cut short" in out
+    assert "loaded (2 trials so far)" in out and "2 of 2 trials: 2 complete" in out
+    (copy,) = tmp_path.glob("study.journal.torn-*")
+    assert copy.read_bytes() == whole[:-40] and journal.read_bytes().startswith(whole[:start])
+    study = load(journal)  # readable, and appendable: later records parse
+    study.set_user_attr("after", 1)
+    assert [t.value for t in load(journal).get_trials()] == [20.0, 21.0]
+    assert load(journal).user_attrs == {"after": 1}
+
+
+def test_a_damaged_journal_or_another_file_is_refused_naming_it(tmp_path, capsys):
+    space = space_file(tmp_path)
+    journal = tmp_path / "study.journal"
+    _journal_of_two_trials(journal)
+    lines = journal.read_bytes().split(b"\n")
+    damaged = b"\n".join([*lines[:2], lines[2][:30] + lines[3], *lines[4:]])
+    journal.write_bytes(damaged)
+    at = len(lines[0]) + len(lines[1]) + 2
+    text = tmp_path / "notes.txt"
+    text.write_text("some notes\nnot a journal\n")
+    ckpt = tmp_path / "last.ckpt"
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, ckpt)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("x")
+    for storage, says in (
+        (journal, f"{journal}: a record that is not valid JSON at byte {at} (line 3)"),
+        (tmp_path, f"--storage {tmp_path} is a directory"),
+        (text, f"{text}: not an Optuna journal"),
+        (ckpt, f"{ckpt}: not an Optuna journal"),
+        (blocked / "study.journal", f"cannot write the study journal {blocked}/study.journal"),
+    ):
+        assert search_main([str(space), "--storage", str(storage), "--", *TINY]) == 2, storage
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    assert journal.read_bytes() == damaged and text.read_text().startswith("some notes")
+
+
+def test_a_full_disk_during_a_journal_write_is_one_line(tmp_path, monkeypatch, capsys):
+    """The write fails half done (ENOSPC): one line naming the journal, exit 1; the next run
+    removes the torn half record."""
+    import errno
+
+    backend = optuna.storages.journal.JournalFileBackend
+
+    def full_disk(self, logs):
+        text = "\n".join(__import__("json").dumps(r) for r in logs) + "\n"
+        with open(self._file_path, "ab") as f:
+            f.write(text.encode()[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backend, "append_logs", full_disk)
+    journal = tmp_path / "study.journal"
+    space = space_file(tmp_path)
+    assert search_main([str(space), "--storage", str(journal), "--", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert f"writing the study journal {journal}: No space left on device" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    monkeypatch.undo()
+    assert journal.stat().st_size > 0
+    assert "was cut short" in search.study.check_journal(journal)
+    assert journal.stat().st_size == 0

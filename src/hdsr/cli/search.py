@@ -19,13 +19,32 @@ from hdsr.search import PROG
 from hdsr.search.overrides import CommandLineError, check_against_config
 from hdsr.search.schema import SpaceError
 from hdsr.search.space import STUDY_NAME, load_space
-from hdsr.search.study import build_pruner, build_sampler, import_optuna
+from hdsr.search.study import (
+    JournalWriteError,
+    StudyError,
+    build_pruner,
+    build_sampler,
+    import_optuna,
+)
 from hdsr.search.worker import DEFAULT_STALE_AFTER, DEFAULT_TRIALS, Worker, summary
 
 
 def _error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+def _journal_failed(err: JournalWriteError) -> int:
+    """A write to the journal failed: what was written before stands; a torn last record
+    is removed by the next run, and a trial left running is resumed from its run folder
+    (its result reported again)."""
+    print(
+        f"{PROG}: error: {err.strerror}; the study keeps what was written before: free the "
+        "space (or fix the file system) and rerun the same command to go on",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,15 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         checked = check_against_config(space, passthrough)
         worker = Worker(args, space, checked)
         worker.open_study()
-    except CommandLineError as err:
+    except (CommandLineError, StudyError) as err:
         return _error(str(err))
+    except JournalWriteError as err:
+        return _journal_failed(err)
     except SpaceError as err:
         where = f"{args.space}: " if not str(err).startswith(str(args.space)) else ""
         return _error(f"{where}{err}")
     except SystemExit as usage:  # hdsr's own override checks (message already printed)
         return int(usage.code) if isinstance(usage.code, int) else _error(str(usage.code))
-    code = worker.run()
-    print("\n" + summary(worker), flush=True)
+    try:
+        code = worker.run()
+        print("\n" + summary(worker), flush=True)
+    except JournalWriteError as err:
+        return _journal_failed(err)
     if code == 0 and worker.none_succeeded():
         print(
             f"{PROG}: every trial failed; each trial's hdsr-train output is "

@@ -9,9 +9,12 @@ Optuna is the ``search`` extra: it is imported inside the functions that use it,
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import shutil
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +49,103 @@ def import_optuna() -> Any:
     return optuna
 
 
+class StudyError(Exception):
+    """A journal or study that hdsr-search cannot use as it is; the message names the file."""
+
+
+class JournalWriteError(OSError):
+    """A write to the study journal failed (a full disk, a file system gone read-only)."""
+
+
 def journal_storage(path: str | Path) -> Any:
-    """Optuna's storage on the journal file ``path``."""
+    """Optuna's storage on the journal file ``path``; a failed append raises
+    ``JournalWriteError`` naming the file."""
     from optuna.storages import JournalStorage  # the search extra
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(str(path)))
+    class Backend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            try:
+                super().append_logs(logs)
+            except JournalWriteError:
+                raise
+            except OSError as err:
+                raise JournalWriteError(
+                    err.errno, f"writing the study journal {path}: {err.strerror or err}"
+                ) from None
+
+    return JournalStorage(Backend(str(path)))
+
+
+def check_journal(path: Path) -> str | None:
+    """Make sure Optuna can read and append to the journal ``path`` before anything is
+    appended; return a message when it was repaired.
+
+    Optuna ignores a last record cut short (no newline: a write stopped by a full disk
+    or a kill), but its next append would continue that line, and from then on every
+    reader fails with a ``JSONDecodeError``: the study would be lost. A torn last record
+    is therefore removed (it never took effect: no reader saw it) after a copy of the file
+    is kept beside it (``<name>.torn-<time>``). A damaged record before the last, or a
+    file that is not a journal (a directory, a checkpoint, a text file), raises
+    ``StudyError`` naming the file and the byte offset. Runs under the journal's own lock,
+    so no worker appends meanwhile.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock  # the search extra
+
+    if path.is_dir():
+        raise StudyError(f"--storage {path} is a directory: give the journal file, e.g. "
+                         f"{path / 'study.journal'}")  # fmt: skip
+    if path.exists() and not path.is_file():
+        raise StudyError(f"--storage {path} is not a regular file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):  # creates it, as Optuna would; fails where it cannot write
+            pass
+    except OSError as err:
+        raise StudyError(f"cannot write the study journal {path}: {err.strerror or err}") from None
+    if path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.split(b"\n")  # the last item: b"" when the file ends with a newline
+        offset = 0
+        for number, line in enumerate(lines[:-1], start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "op_code" not in record:
+                what = "a record that is not valid JSON" if record is None else "not a record"
+                if number == 1:
+                    what = "not an Optuna journal (its first line is not a journal record)"
+                raise StudyError(
+                    f"{path}: {what} at byte {offset} (line {number}): Optuna cannot read "
+                    "this study; restore a copy of the file, or start another study "
+                    "(--study NAME or --storage PATH)"
+                )
+            offset += len(line) + 1
+        if not lines[-1]:
+            return None
+        if offset == 0 and not lines[-1].lstrip().startswith(b"{"):
+            raise StudyError(
+                f"{path}: not an Optuna journal (no journal record in it); give another "
+                "--storage path"
+            )
+        copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        shutil.copy2(path, copy)
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+        return (
+            f"{path}: its last record (bytes {offset}-{len(data)}) was cut short, by a full "
+            f"disk or a killed write, and never took effect: removed (the file as it was: "
+            f"{copy})"
+        )
+    finally:
+        lock.release()
 
 
 def build_pruner(spec: Mapping[str, Any]) -> Any:

@@ -96,6 +96,7 @@ from hdsr.search.study import (
     budget_trials,
     build_pruner,
     build_sampler,
+    check_journal,
     host_id,
     import_optuna,
     journal_storage,
@@ -176,7 +177,9 @@ class Worker:
     # ---- the study ----
 
     def open_study(self) -> None:
-        self.storage_path.parent.mkdir(parents=True, exist_ok=True)
+        repaired = check_journal(self.storage_path)  # before anything is appended
+        if repaired:
+            _say(repaired)
         storage = journal_storage(self.storage_path)
         pruner = build_pruner(self.space.pruner)
         kwargs = {"study_name": self.space.study, "storage": storage, "pruner": pruner}
