@@ -78,6 +78,27 @@ def test_sizes_that_are_not_positive_integers_are_config_errors(key, value):
         check_config(compose([f"{key}={value}"]))
 
 
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("optimizer.lr=-1e-4", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=0", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
+        ("optimizer.eps=0", "optimizer.eps must be a positive number"),
+        ("optimizer=adamw optimizer.weight_decay=-0.1", "optimizer.weight_decay must be"),
+        ("optimizer.betas=[0.9,1.0]", r"optimizer.betas must be two numbers in \[0, 1\)"),
+        ("scheduler.gamma=0", "scheduler.gamma must be a positive number"),
+        ("scheduler.step_size=0", "scheduler.step_size must be a positive integer"),
+        ("model.net.temperature=0", "model.net.temperature must be a positive number"),
+        ("model.net.temperature=-40", "model.net.temperature must be a positive number"),
+    ],
+)
+def test_numbers_pytorch_or_the_network_would_refuse_later_are_refused_up_front(override, says):
+    """They failed once training started (Adam's or the network's ValueError traceback)."""
+    with pytest.raises(ConfigError, match=says):
+        check_config(compose(override.split()))
+
+
 @pytest.mark.parametrize("scale, smallest", [(2, 2), (3, 2), (4, 3)])
 def test_hr_patch_too_small_for_the_scale_names_the_smallest(scale, smallest):
     says = rf"data\.patch_size={smallest - 1} .*at least {smallest}"

@@ -367,6 +367,19 @@ params:
             "params:\n  data.batch_size: {type: int, low: 1, high: 4096}\n",
             ["params.data.batch_size=4096", "patches_per_epoch"],
         ),
+        (  # bounds hdsr-train refuses up front (PyTorch or the network would, later)
+            "params:\n  optimizer.lr: {type: float, low: -1.0e-3, high: 1.0e-3}\n",
+            ["params.optimizer.lr=-0.001", "optimizer.lr must be a positive number"],
+        ),
+        (
+            "params:\n  model.net.temperature: {type: float, low: 0, high: 60}\n",
+            ["params.model.net.temperature=0", "model.net.temperature must be a positive"],
+        ),
+        (
+            "params:\n  scheduler.gamma: {type: float, low: 0.5, high: 2}\n"
+            "overrides: ['optimizer.betas=[0.9,1.5]']\n",
+            ["optimizer.betas must be two numbers in [0, 1)"],
+        ),
         (  # an untrusted file cannot instantiate anything
             "overrides: ['+callbacks.x={_target_: os.system}']\n" + GOOD_PARAMS,
             ["overrides"],
@@ -499,7 +512,8 @@ def test_a_torn_journal_tail_is_removed_before_anything_is_appended(tmp_path, ca
     study = load(journal)  # readable, and appendable: later records parse
     study.set_user_attr("after", 1)
     assert [t.value for t in load(journal).get_trials()] == [20.0, 21.0]
-    assert load(journal).user_attrs == {"after": 1}
+    attrs = load(journal).user_attrs  # the torn record (the "note") never took effect
+    assert attrs["after"] == 1 and "note" not in attrs
 
 
 def test_a_damaged_journal_or_another_file_is_refused_naming_it(tmp_path, capsys):
@@ -554,3 +568,33 @@ def test_a_full_disk_during_a_journal_write_is_one_line(tmp_path, monkeypatch, c
     assert journal.stat().st_size > 0
     assert "was cut short" in search.study.check_journal(journal)
     assert journal.stat().st_size == 0
+
+
+def test_a_study_rerun_with_other_settings_stops_saying_what_differs(tmp_path, capsys):
+    """Trials trained with other overrides, or drawn from another space, are not
+    comparable: a rerun that differs stops (it resumed silently and printed the old
+    reproduce command; a widened range crashed the summary)."""
+    journal = tmp_path / "study.journal"
+    _journal_of_two_trials(journal)  # a study of an earlier version: no settings recorded
+    space = space_file(tmp_path)
+    args = [str(space), "--storage", str(journal), "--trials", "2", "--", *TINY]
+    assert search_main(args) == 0  # records its settings
+    assert search_main(args) == 0  # the same command: goes on
+    capsys.readouterr()
+    wide = space.read_text().replace("low: 1.0e-5", "low: 1.0e-6")
+    added = space.read_text().replace(
+        "params:\n", "params:\n  seed: {type: int, low: 0, high: 4}\n"
+    )
+    for text, extra, says in (
+        (space.read_text(), ["seed=3"], "(not set) -> seed=3"),
+        (space.read_text().replace("max_steps=4", "max_steps=2"), [], "max_steps=4 -> trainer.max"),
+        (wide, [], "parameter optimizer.lr has another range or choices"),
+        (added, [], "parameter seed added"),
+    ):
+        changed = write_space(tmp_path / "changed.yaml", text)
+        argv = [str(changed), "--storage", str(journal), "--trials", "2", "--", *TINY, *extra]
+        assert search_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "study tiny in" in err and "was run with other settings" in err, err
+        assert says in err and "--study NAME" in err, err
+    assert len(load(journal).get_trials()) == 2

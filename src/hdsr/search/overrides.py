@@ -214,15 +214,14 @@ def check_against_config(space: Space, passthrough: Sequence[str]) -> Checked:
             if bad is not None:
                 raise SpaceError(f"params.{key}: choice {bad!r} is not an option of group {key}")
         _check_value_keys(space, base, groups, "")
-        # a trial's config: the first choice or the low bound of every parameter, then
-        # each choice and bound in turn, as hdsr-train would check them
+        # the fixed overrides alone; each choice and bound in turn on them; then a trial's
+        # config (the first choice or the low bound of every parameter), as hdsr-train
+        # would check them
         first = {
             k: p.choices[0] if p.type == "categorical" else p.low for k, p in space.params.items()
         }
 
-        def trial_config(key: str | None, value: Any, rep: Any = None) -> Any:
-            chosen = {**first, key: value} if key else first
-            where = f"params.{key}={value!r}" if key else "overrides"
+        def trial_config(chosen: dict[str, Any], where: str, rep: Any = None) -> Any:
             if rep is None:  # a group changes: compose again
                 selected = [f"{k}={v}" for k, v in chosen.items() if k in groups]
                 cfg = _compose([*fixed, *selected], where)
@@ -235,11 +234,15 @@ def check_against_config(space: Space, passthrough: Sequence[str]) -> Checked:
             _check_train_config(cfg, where)
             return cfg
 
-        base = trial_config(None, None)
+        base = trial_config({}, "overrides")
         for key, param in space.params.items():
             probes = param.choices if param.type == "categorical" else (param.low, param.high)
             for value in probes:
-                trial_config(key, value, None if key in groups else base)
+                where = f"params.{key}={value!r}"
+                trial_config({key: value}, where, None if key in groups else base)
+        if first:
+            shown = " ".join(f"{k}={v!r}" for k, v in first.items())
+            base = trial_config(first, f"a trial with {shown}")
         sets = base.data.get("val_sets") or {}
         names = list(sets) if not isinstance(sets, str) else [sets]
         first_name = first_set(sets)

@@ -92,6 +92,7 @@ from hdsr.search.study import (
     TRAINER_PID,
     TRIAL_ENV,
     WORKER_PID,
+    StudyError,
     best_value,
     budget_trials,
     build_pruner,
@@ -146,6 +147,32 @@ def _signal_exit(code: int | None) -> int | None:
         if code in (128 + int(sig), -int(sig)):
             return int(sig)
     return None
+
+
+#: the study attribute holding :meth:`Worker.settings` (written when the study is created)
+SETTINGS = "hdsr:settings"
+
+
+def settings_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two recorded settings, one phrase per difference."""
+    changes = []
+    before, after = old.get("params") or {}, new.get("params") or {}
+    for key in sorted(set(before) | set(after)):
+        if key not in after:
+            changes.append(f"parameter {key} no longer searched")
+        elif key not in before:
+            changes.append(f"parameter {key} added")
+        elif before[key] != after[key]:
+            changes.append(f"parameter {key} has another range or choices")
+    for key in ("metric", "pruner"):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    was = override_keys(list(old.get("overrides") or []))
+    now = override_keys(list(new.get("overrides") or []))
+    for key in sorted(set(was) | set(now)):
+        if was.get(key) != now.get(key):
+            changes.append(f"{was.get(key, '(not set)')} -> {now.get(key, '(not set)')}")
+    return changes
 
 
 class Worker:
@@ -203,12 +230,42 @@ class Worker:
                 f"{directions}, the space file {self.space.direction}"
             )
         self.storage = self.study._storage
+        self.check_settings(created)
         n = len(self.study.get_trials(deepcopy=False))
         _say(
             f"study {self.space.study} in {_shown(self.storage_path)}: "
             + ("created" if created else f"loaded ({n} trials so far)")
             + f"; target {self.target} trials; metric {self.checked.metric}"
         )
+
+    def settings(self) -> dict[str, Any]:
+        """What makes the study's trials comparable: the searched parameters and their
+        ranges, the metric, the pruner and every trial's fixed hdsr-train overrides."""
+        from optuna.distributions import distribution_to_json  # the search extra
+
+        return {
+            "params": {k: distribution_to_json(d) for k, d in self.distributions.items()},
+            "metric": self.checked.metric,
+            "pruner": dict(self.space.pruner),
+            "overrides": list(self.checked.overrides),
+        }
+
+    def check_settings(self, created: bool) -> None:
+        """Record the study's settings when it is new (or was made by a version that did
+        not record them); otherwise raise ``StudyError`` saying what differs: trials run
+        with other overrides or another space are not comparable, and a resumed study
+        would mix them silently."""
+        mine, stored = self.settings(), self.study.user_attrs.get(SETTINGS)
+        if created or not isinstance(stored, dict):
+            self.study.set_user_attr(SETTINGS, mine)
+            return
+        changes = settings_changes(stored, mine)
+        if changes:
+            raise StudyError(
+                f"study {self.space.study} in {self.storage_path} was run with other settings "
+                f"({'; '.join(changes)}): its trials would not be comparable with new ones. "
+                "Rerun it as it was, or start another study with --study NAME (or --storage)"
+            )
 
     def trials(self) -> list[Any]:
         return self.study.get_trials(deepcopy=False)
@@ -454,7 +511,7 @@ def summary(worker: Worker) -> str:
     run_dir = Path(best.user_attrs.get(RUN_DIR, ""))
     reproduce = best.user_attrs.get(COMMAND) or []
     lines += ["", f"best trial: {best.number}, {metric} = {best.value:.4f}"]
-    lines += [f"  {k:<{width}} = {best.params[k]!r}" for k in worker.space.params]
+    lines += [f"  {k:<{width}} = {v!r}" for k, v in best.params.items()]
     lines += [
         f"  run: {_shown(run_dir)} (checkpoints/best.ckpt)",
         "reproduce it with hdsr-train:",

@@ -4,6 +4,7 @@ resumes from, and the W&B group of a sweep's job."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,41 @@ def renamed_override(overrides: Sequence[str]) -> str | None:
     return None
 
 
+def _positive_number(value: Any, allow_zero: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """The optimizer's, the scheduler's and the network's numbers that PyTorch or the
+    network would refuse only once training starts (a traceback after the start-up), or
+    that would train nothing: refused up front, naming the key (``hdsr-search`` checks
+    the bounds of a search space with this too)."""
+    rules = (
+        ("optimizer.lr", False, "a positive number, e.g. 1e-4"),
+        ("optimizer.eps", False, "a positive number, e.g. 1e-8"),
+        ("optimizer.weight_decay", True, "a number >= 0"),
+        ("scheduler.gamma", False, "a positive number, e.g. 0.5"),
+        ("model.net.temperature", False, "a positive number, e.g. 40"),
+    )
+    for key, zero_ok, want in rules:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not _positive_number(value, zero_ok):
+            raise ConfigError(f"{key} must be {want}; got {value!r}")
+    betas = OmegaConf.select(cfg, "optimizer.betas", default=None)
+    if betas is not None:
+        values = list(betas) if isinstance(betas, ListConfig | list | tuple) else [betas]
+        if len(values) != 2 or not all(_positive_number(b, True) and b < 1 for b in values):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1); got {betas!r}")
+    step = OmegaConf.select(cfg, "scheduler.step_size", default=None)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise ConfigError(f"scheduler.step_size must be a positive integer; got {step!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail late or silently, naming the offending key."""
+    check_numbers(cfg)
     if cfg.get("optim") is not None:  # e.g. an experiment file written for hdsr 0.1
         keys = [f"optim.{k}" for k in cfg.optim] if isinstance(cfg.optim, DictConfig) else []
         raise ConfigError(renamed_key_message(keys[0] if keys else "optim"))
