@@ -147,3 +147,22 @@ def test_eval_precision_32_runs_the_models_with_tf32_off_then_restores(
     assert all(s["cudnn.allow_tf32"] is False for s in exact)
     assert all(s["float32_matmul_precision"] == "highest" for s in exact)
     assert all(state == before for _, state in seen[4:])
+
+
+@pytest.mark.parametrize("devices", [0, -1])
+def test_a_device_count_lightning_refuses_is_one_line(devices):
+    """``hdsr-eval trainer.devices=0`` (or -1 on the CPU) ended in Hydra's multi-line
+    instantiate error; it is a ConfigError now, which the commands print in one line."""
+    from omegaconf import OmegaConf
+
+    from hdsr.devices import build_trainer
+    from hdsr.errors import ConfigError
+    from hdsr.run_dirs import config_error_line
+
+    cfg = OmegaConf.create(
+        {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": devices}
+    )
+    with pytest.raises(ConfigError, match="refused by Lightning: .*devices") as err:
+        build_trainer(cfg, logger=False)
+    line = config_error_line(err.value)
+    assert line is not None and "devices" in line

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from hdsr.errors import ConfigError
+
 #: ``precision`` option -> autocast dtype (None: float32, no autocast)
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -200,10 +202,21 @@ def trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
 
 def build_trainer(trainer_cfg: Any, **extra: Any) -> Any:
     """The Lightning Trainer of a ``trainer`` config (:func:`trainer_kwargs`), built by
-    hydra's ``instantiate`` with ``extra`` arguments (callbacks, loggers, plugins...)."""
+    hydra's ``instantiate`` with ``extra`` arguments (callbacks, loggers, plugins...).
+    A value Lightning refuses (``trainer.devices=0``) raises ``ConfigError`` with its
+    reason."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate  # with Lightning: only when a Trainer is built
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    return instantiate(trainer_kwargs(trainer_cfg), **extra)
+    try:
+        return instantiate(trainer_kwargs(trainer_cfg), **extra)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, MisconfigurationException | TypeError | ValueError):
+            # a value Lightning refuses (trainer.devices=0, -1 on the CPU, ...): one line
+            raise ConfigError(f"the trainer config is refused by Lightning: {cause}") from None
+        raise
 
 
 #: how a rank other than 0 finds out that the rendezvous address cannot be reached: a
