@@ -142,3 +142,25 @@ def test_configs_of_earlier_versions_name_todays_classes():
     for new in LEGACY_TARGETS.values():
         assert get_class(new).__name__ == new.rsplit(".", 1)[1]
     assert upgrade_targets(old) == []
+
+
+def test_a_run_started_from_another_runs_checkpoint_shows_only_its_own_best(tmp_path):
+    """``ckpt_path=`` restores the other run's ModelCheckpoint state, its best.ckpt path
+    included: the final summary named that file as this run's best."""
+    from hdsr.training.run import train
+
+    first = tmp_path / "a"
+    train(compose([*TINY, f"paths.run_dir={first}", "trainer.max_steps=2"]))
+    assert (first / "checkpoints" / "best.ckpt").is_file()
+    other = compose(
+        [
+            *TINY,
+            f"paths.run_dir={tmp_path / 'b'}",
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+            "trainer.max_steps=2",  # reached already: validated, nothing saved as best
+        ]
+    )
+    result = train(other)
+    assert str(first) not in result["best_checkpoint"]
+    own = tmp_path / "b" / "checkpoints" / "best.ckpt"
+    assert result["best_checkpoint"] == (str(own) if own.is_file() else "")

@@ -175,6 +175,15 @@ def after_stop(trainer: Any) -> None:
         ) from None
 
 
+def own_checkpoint(path: str, run_dir: Path) -> str:
+    """``path`` if it lies in ``run_dir``, else "": a run started with ``ckpt_path=``
+    another run's checkpoint restores that run's ModelCheckpoint state, its best path
+    included, until this run saves a best of its own."""
+    if not path:
+        return ""
+    return path if run_dir.resolve() in Path(path).resolve().parents else ""
+
+
 def report(
     cfg: DictConfig,
     trainer: Any,
@@ -217,7 +226,7 @@ def report(
         "run_dir": str(run_dir),
         "checkpoint": getattr(ckpt, "last_model_path", "")
         or str(run_dir / "checkpoints" / "last.ckpt"),
-        "best_checkpoint": getattr(ckpt, "best_model_path", ""),
+        "best_checkpoint": own_checkpoint(getattr(ckpt, "best_model_path", ""), run_dir),
         "csv_dir": csv_dir,
         "wandb_dir": getattr(wandb_run, "dir", None),
         "wandb_offline": wandb_run is not None
