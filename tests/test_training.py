@@ -3,6 +3,7 @@ config (fast_dev_run), and resuming a checkpoint of hdsr 0.1."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -164,3 +165,50 @@ def test_a_run_started_from_another_runs_checkpoint_shows_only_its_own_best(tmp_
     assert str(first) not in result["best_checkpoint"]
     own = tmp_path / "b" / "checkpoints" / "best.ckpt"
     assert result["best_checkpoint"] == (str(own) if own.is_file() else "")
+
+
+def test_a_full_disk_during_training_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """A checkpoint write that finds no room (torch's writer raises a RuntimeError, the
+    file system an OSError): one line naming the file and the free space, exit 1 (it was
+    60 chained traceback lines without the file's name); no partial file is left."""
+    import errno
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hdsr.errors import OutputWriteError
+    from hdsr.run_dirs import ExitOnConfigError
+    from hdsr.training import checkpoint_files
+    from hdsr.training.run import train
+
+    def no_room(obj, f):
+        f.write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64")
+
+    monkeypatch.setattr(checkpoint_files.torch, "save", no_room)
+    run_dir = tmp_path / "run"
+    with pytest.raises(OutputWriteError) as err:
+        train(compose([*TINY, f"paths.run_dir={run_dir}", "trainer.max_steps=2"]))
+    text = str(err.value)
+    assert text.startswith(f"writing {run_dir / 'checkpoints'}/") and ".ckpt failed: " in text
+    assert "MiB free there" in text and "\n" not in text
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=err.value)
+    with pytest.raises(SystemExit) as stop:
+        ExitOnConfigError().on_job_end(None, failed)
+    assert stop.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.endswith(text) and ": error: writing " in line
+
+    # another writer's OSError on a full disk (metrics.csv) is named the same way
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    monkeypatch.undo()
+
+    def csv_no_room(self) -> None:
+        path = f"{self.log_dir}/metrics.csv"
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(ExperimentWriter, "save", csv_no_room)
+    with pytest.raises(OutputWriteError, match=r"metrics\.csv failed: No space left on device"):
+        train(compose([*TINY, f"paths.run_dir={tmp_path / 'csv'}", "trainer.max_steps=2"]))

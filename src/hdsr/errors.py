@@ -47,3 +47,33 @@ class NonFiniteWeights(ValueError):
 
 class NonFiniteOutput(ValueError):
     """A network output holding NaN or Inf values: never written as an image or scored."""
+
+
+class OutputWriteError(OSError):
+    """A file of a run could not be written (a full disk, a quota, a read-only file
+    system); the message names the file and the free space left."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_failed(path: object, err: BaseException) -> OutputWriteError:
+    """The ``OutputWriteError`` of a failed write of ``path``."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    reason = getattr(err, "strerror", None)
+    if not reason:
+        text = str(err).strip()
+        reason = text.splitlines()[0] if text else type(err).__name__
+    free = ""
+    folder = Path(str(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        pass
+    code = getattr(err, "errno", None) or errno.EIO
+    return OutputWriteError(code, f"writing {path} failed: {reason}{free}")

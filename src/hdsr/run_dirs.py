@@ -26,6 +26,7 @@ from hdsr.errors import (
     ConfigError,
     NonFiniteOutput,
     NonFiniteWeights,
+    OutputWriteError,
     UnreadableCheckpoint,
     UntrustedConfigError,
     UsageError,
@@ -114,11 +115,18 @@ def config_error_line(err: BaseException) -> str | None:
 class ExitOnConfigError(Callback):
     """After a job failed on a bad or missing value (``ConfigError``, a mandatory ``???``
     left open): ``<command>: error: <what, naming the key>`` on stderr and exit status 2,
-    instead of Hydra's traceback and status 1. Other failures are Hydra's to report."""
+    instead of Hydra's traceback and status 1; after a file of the run could not be
+    written (``OutputWriteError``: a full disk), that one line and status 1. Other
+    failures are Hydra's to report."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED:
             return
-        line = config_error_line(job_return._return_value)
+        err = job_return._return_value
+        if isinstance(err, OutputWriteError):  # not a usage error: exit status 1
+            prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            raise SystemExit(1)
+        line = config_error_line(err)
         if line is not None:
             raise UsageError(line)

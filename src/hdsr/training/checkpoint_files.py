@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hdsr.checkpoint_io import read_checkpoint as read_file
-from hdsr.errors import ConfigError, UnreadableCheckpoint
+from hdsr.errors import ConfigError, UnreadableCheckpoint, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # a full disk: torch's writer says RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failed(path, err) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -6,6 +6,7 @@ requeue handling; the final scores beside bicubic. :func:`train` orchestrates th
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from hdsr.console import one_line_each
 from hdsr.devices import build_trainer as build_trainer_from
 from hdsr.devices import check_rendezvous
-from hdsr.errors import StoppedRun
+from hdsr.errors import OutputWriteError, StoppedRun, write_failed
 from hdsr.evaluation.bicubic import bicubic_per_image, set_means
 from hdsr.evaluation.tables import final_rows, final_table, image_rows
 from hdsr.runtime import apply_runtime_config, single_job_argv, wandb_mode
@@ -44,6 +45,9 @@ from hdsr.training.loggers import (
     log_image_table,
     wandb_logger,
 )
+
+#: the errors of a write that found no room (full disk, quota) or a read-only file system
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> Any:
@@ -271,6 +275,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result = report(cfg, trainer, module, datamodule, loggers, metrics)
         exit_code = 0
         return result
+    except OSError as err:  # a file of the run (metrics.csv, ...) on a full disk
+        if isinstance(err, OutputWriteError) or err.errno not in FULL_DISK:
+            raise
+        raise write_failed(err.filename or run_dir, err) from None
     except SystemExit as stopped:  # a stop signal (128 + signal) or a second Ctrl-C (130)
         exit_code = stopped.code if isinstance(stopped.code, int) else 1
         # W&B first: a requeue stops every process of the job, W&B's service among them
