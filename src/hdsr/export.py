@@ -22,8 +22,13 @@ rounding as :func:`rounding_note` tells it apart from a wrong graph).
 from __future__ import annotations
 
 import copy
+import errno
+import math
 import os
+import re
 import secrets
+import socket
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from skimage.data import astronaut
 from torch import nn
 
+from hdsr.inference.budget import FIXED_BYTES, untiled_bytes
 from hdsr.models.layers import DynamicConv2d
 
 try:  # private: its absence only costs the exact top opset
@@ -157,9 +163,77 @@ def write_checked(net: nn.Module, path: str | os.PathLike[str], opset: int, fp16
     return model
 
 
+def _host() -> str:
+    """This machine's short name as it goes into a temporary name (no dots)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0])[:40] or "host"
+
+
 def temporary_path(dest: Path, tag: str) -> Path:
-    """A fresh name next to ``dest``, for the exporter to create (with the usual mode)."""
-    return dest.parent / f".{dest.name}.{secrets.token_hex(4)}.{tag}.part"
+    """A fresh name next to ``dest``, for the exporter to create (with the usual mode):
+    ``.<dest name>.<host>-<pid>.<random>.<tag>.part``, so that a later export can tell
+    the temporaries of a dead process (:func:`stale_temporaries`) from those of a live one."""
+    owner = f"{_host()}-{os.getpid()}"
+    return dest.parent / f".{dest.name}.{owner}.{secrets.token_hex(4)}.{tag}.part"
+
+
+#: a temporary of another machine (or of an hdsr before the owner was in the name) is
+#: stale once this old: an export writes and renames its graphs within minutes
+STALE_AGE_S = 24 * 3600
+_OWNED = re.compile(r"(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{8}\.\w+")
+_UNOWNED = re.compile(r"[0-9a-f]{8}\.\w+")  # the names of earlier versions
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as err:  # EPERM: someone else's live process
+        return err.errno == errno.EPERM
+    return True
+
+
+def stale_temporaries(dest: Path, now: float | None = None) -> list[Path]:
+    """The temporaries of ``dest`` (:func:`temporary_path`) left by exports that were
+    killed (SIGKILL, out of memory): those of a process of this machine that no longer
+    runs, and, whatever wrote them, those older than :data:`STALE_AGE_S`. Never raises."""
+    now = time.time() if now is None else now
+    head, host = f".{dest.name}.", _host()
+    stale = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        name = path.name
+        if not (name.startswith(head) and name.endswith(".part")):
+            continue
+        middle = name[len(head) : -len(".part")]
+        owned = _OWNED.fullmatch(middle)
+        if owned is None and _UNOWNED.fullmatch(middle) is None:
+            continue  # not a temporary of this destination
+        if owned and owned["host"] == host and int(owned["pid"]) != os.getpid():
+            if not _alive(int(owned["pid"])):
+                stale.append(path)
+            continue
+        try:
+            if now - path.lstat().st_mtime > STALE_AGE_S:
+                stale.append(path)
+        except OSError:
+            continue
+    return sorted(stale)
+
+
+def remove_quietly(path: Path) -> bool:
+    """Delete ``path`` if it can be; whether it is gone. Never raises (cleanup must not
+    hide the error that caused it, nor add a traceback of its own)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def cpu_session(ort, path: Path):
@@ -167,6 +241,41 @@ def cpu_session(ort, path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: no notices about inserted casts
     return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+
+
+# --- memory -------------------------------------------------------------------------------
+
+#: bytes per LR pixel that an onnxruntime session keeps after running one image (its CPU
+#: arena does not shrink), per scale and graph: the full HDSRNet on CPU, fresh processes,
+#: largest of 128..400 px sides (x2: 3048, 4138; x3: 5536, 8039; x4: 8632, 13160), plus
+#: about 25%
+ORT_BYTES_PER_PIXEL = {"fp32": {2: 3800, 3: 7000, 4: 10800}, "fp16": {2: 5200, 3: 10000, 4: 16500}}
+#: the same for the float64 PyTorch run of :func:`rounding_note` (measured 22925, 51671,
+#: 89044: float64 convolutions take a slower path than float32 ones), plus about 25%
+FLOAT64_BYTES_PER_PIXEL = {2: 28700, 3: 64600, 4: 111000}
+
+
+def parity_peak_bytes(
+    sizes: Sequence[tuple[int, int]], scale: int, *, fp16: bool = False, cross_check: bool = True
+) -> int:
+    """Estimated peak memory of the parity check (:func:`compare`, :func:`parity_verdict`)
+    on ``sizes``: the onnxruntime sessions' arenas at the largest size (kept once used)
+    plus, at that size, PyTorch's float32 pass (:func:`hdsr.inference.budget.untiled_bytes`)
+    or, with ``cross_check``, the float64 run of :func:`rounding_note` (which runs when
+    the fp32 gap exceeds the tolerance), whichever is larger. For the full-size network;
+    smaller ones need less."""
+    if not sizes:
+        return FIXED_BYTES
+    h, w = max(sizes, key=lambda s: s[0] * s[1])
+    k = scale if scale in FLOAT64_BYTES_PER_PIXEL else max(FLOAT64_BYTES_PER_PIXEL)
+    pixels = h * w
+    arenas = ORT_BYTES_PER_PIXEL["fp32"][k] * pixels
+    if fp16:
+        arenas += ORT_BYTES_PER_PIXEL["fp16"][k] * pixels
+    torch_pass = untiled_bytes(h, w, k)  # FIXED_BYTES included
+    if cross_check:
+        torch_pass = max(torch_pass, FLOAT64_BYTES_PER_PIXEL[k] * pixels + FIXED_BYTES)
+    return math.ceil(arenas + torch_pass)
 
 
 # --- checks -------------------------------------------------------------------------------

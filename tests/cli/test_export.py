@@ -10,8 +10,14 @@ inputs and a graph with frozen attention could not pass.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +171,7 @@ def test_frozen_attention_is_refused_and_nothing_written(tiny, tmp_path, monkeyp
 
 
 def test_the_header_names_the_weights_exported(tiny, tmp_path, capsys):
-    """"ema weights" only for an EMA checkpoint's average (it said so for any .ckpt)."""
+    """ "ema weights" only for an EMA checkpoint's average (it said so for any .ckpt)."""
     path, ema, _ = tiny
     plain = _save_ckpt(tmp_path / "plain.ckpt", ema.state_dict())
     for ckpt, extra, says in (
@@ -319,7 +325,9 @@ def test_bad_arguments_and_checkpoints(tiny, tmp_path, capsys):
     fails([str(bic), "-o", out], "BicubicUpsampler, not an HDSRNet")
     fails([good, "-o", out, "--opset", "11"], "--opset 11 is not supported", "12..")
     fails([good, "-o", out, "--opset", "99"], "--opset 99 is not supported")
-    fails([good, "-o", str(tmp_path / "no" / "m.onnx")], "output folder", "does not exist")
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    fails([good, "-o", str(afile / "m.onnx")], f"{afile} is a file, not a folder")
     fails([good, "-o", str(tmp_path)], "is a directory")
     fails([good, "-o", out, "--tolerance", "0"], "--tolerance must be > 0")
     for off in ("inf", "nan"):  # values that would switch the parity check off
@@ -328,3 +336,225 @@ def test_bad_arguments_and_checkpoints(tiny, tmp_path, capsys):
         main([good, "-o", out, "--sizes", "17x23,64"])
     assert exit_.value.code == 2 and "'64' is not a size HxW" in capsys.readouterr().err
     assert _leftovers(tmp_path) == []
+
+
+# --- the destination, stale temporaries, SIGTERM and memory (review findings) -----------
+
+
+def _one_line(err: str) -> str:
+    """The one line a refused command writes to stderr (never a traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Records the export work started: none may start once the arguments are refused."""
+    started = []
+
+    def refuse(*args, **kwargs):
+        started.append(args)
+        raise AssertionError("export work started")
+
+    monkeypatch.setattr(export, "write_checked", refuse)
+    monkeypatch.setattr(export, "check_inputs", refuse)
+    return started
+
+
+def test_unwritable_destination_is_one_line_before_any_work(
+    tiny, tmp_path, monkeypatch, capsys, no_export
+):
+    """A folder nothing can be written to (here: creating a file in it is denied, as in a
+    read-only folder; tests run as root, where chmod does not stop writes), a folder that
+    is a file and one that cannot be created: one line naming -o, exit 2, no export."""
+    ckpt = str(tiny[0])
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(13, "Permission denied", str(Path(dir) / "x"))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    assert main([ckpt, "-o", str(ro / "m.onnx")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"-o {ro / 'm.onnx'}: cannot write to the folder {ro} (Permission denied)" in line
+
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    assert main([ckpt, "-o", str(afile / "sub" / "m.onnx")]) == 2
+    assert "cannot write to the folder" in _one_line(capsys.readouterr().err)
+    assert no_export == [] and _leftovers(ro) == []
+
+    # a missing folder is created (and the export then starts)
+    new = tmp_path / "new" / "sub"
+    assert main([ckpt, "-o", str(new / "m.onnx")]) == 1  # the export failed (refused)
+    assert new.is_dir() and len(no_export) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_read_only_folder_is_refused(tiny, tmp_path, capsys, no_export):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main([str(tiny[0]), "-o", str(ro / "m.onnx")]) == 2
+    finally:
+        ro.chmod(0o755)
+    assert "(Permission denied)" in _one_line(capsys.readouterr().err)
+    assert no_export == []
+
+
+def test_cleanup_of_temporaries_never_raises(tiny, tmp_path, monkeypatch, capsys):
+    """The folder turns read-only during the export: the write fails and so does the
+    removal of the temporary file; the failure is reported, not a second traceback."""
+
+    def denied(module, tmp, opset):
+        Path(tmp).write_bytes(b"partial")
+        raise PermissionError(13, "Permission denied", str(tmp))
+
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name.endswith(".part"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(export, "write_onnx", denied)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert main([str(tiny[0]), "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "the fp32 export failed: PermissionError" in err and "Traceback" not in err
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0])[:40] or "host"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_killed_exports_are_removed(tiny, tmp_path, capsys):
+    """An export killed outright (SIGKILL, out of memory) leaves its ``.part`` files; the
+    next export to the same file removes those of dead processes, and those a day old,
+    and keeps a live export's and other destinations' ones."""
+    dead, live = _dead_pid(), os.getppid()
+    names = {
+        f".m.onnx.{_host()}-{dead}.0123abcd.fp32.part": False,  # dead process: removed
+        f".m.onnx.{_host()}-{dead}.4567cdef.fp16.part": False,
+        f".m.onnx.{_host()}-{live}.89abcdef.fp32.part": True,  # a live export's
+        f".m.onnx.otherhost-{dead}.0123abcd.fp32.part": True,  # another machine's, fresh
+        ".m.onnx.0123abcd.fp32.part": True,  # an earlier hdsr's name, fresh
+        ".m.onnx.89abcdef.fp32.part": False,  # ... and two days old
+        f".other.onnx.{_host()}-{dead}.0123abcd.fp32.part": True,  # another destination's
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    old = time.time() - 2 * 86400
+    os.utime(tmp_path / ".m.onnx.89abcdef.fp32.part", (old, old))
+    assert main([str(tiny[0]), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "removed 3 temporary file(s) of a killed export" in capsys.readouterr().out
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {n for n, keep in names.items() if keep} | {"m.onnx"}
+    # what makes that possible: the owner is in the name
+    assert f"{_host()}-{os.getpid()}." in export.temporary_path(tmp_path / "m.onnx", "x").name
+
+
+def test_sigterm_during_the_export_removes_its_temporaries(tiny, tmp_path, monkeypatch, capsys):
+    """SIGTERM while the graph is being written: the temporaries are removed, one line,
+    exit 143 (in-process: a handler that ignores SIGTERM stands in for the default one,
+    which would end the test run)."""
+    real = export.write_onnx
+
+    def terminated(module, tmp, opset):
+        real(module, tmp, opset)
+        assert _leftovers(tmp_path)  # the temporary exists now
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs in here
+
+    received = []
+
+    def ignore(*args):
+        received.append(args)
+
+    previous = signal.signal(signal.SIGTERM, ignore)
+    try:
+        monkeypatch.setattr(export, "write_onnx", terminated)
+        assert main([str(tiny[0]), "-o", str(tmp_path / "m.onnx")]) == 128 + 15
+    finally:
+        assert signal.signal(signal.SIGTERM, previous) is ignore  # main restored it
+    line = _one_line(capsys.readouterr().err)
+    dest = tmp_path / "m.onnx"
+    assert (
+        line
+        == f"hdsr-export: stopped by SIGTERM; temporary files removed, nothing written to {dest}"
+    )
+    assert received == [] and _leftovers(tmp_path) == []
+
+
+_SLOW_EXPORT = """
+import sys, time
+from hdsr import export
+from hdsr.cli.export import main
+real = export.write_onnx
+def slow(module, tmp, opset):
+    real(module, tmp, opset)
+    print("written", flush=True)
+    time.sleep(120)
+export.write_onnx = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_an_export_process_leaves_no_part_file(tiny, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_EXPORT, str(tiny[0]), "-o", str(tmp_path / "m.onnx")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("written"):
+                break
+        assert _leftovers(tmp_path)  # the temporary graph is there
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert _one_line(err).startswith("hdsr-export: stopped by SIGTERM; temporary files removed")
+    assert _leftovers(tmp_path) == []
+
+
+def test_sizes_over_the_memory_limit_are_refused_before_any_work(tiny, tmp_path, capsys, no_export):
+    """5000x5000 was killed by the kernel at 23 GB: its estimate is far over any default
+    limit; --max-memory lowers the limit below even the default sizes."""
+    out = str(tmp_path / "m.onnx")
+    assert main([str(tiny[0]), "-o", out, "--sizes", "17x23,5000x5000"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "--sizes 5000x5000: the parity check at x2 would need ~" in line
+    assert re.search(r"need ~\d+ GiB", line)  # float64 cross-check, onnxruntime: 25 Mpx
+    assert "% of the memory available now; --max-memory sets it" in line
+    side = int(re.search(r"check smaller --sizes \(up to about (\d+)x\1\)$", line).group(1))
+    assert side > 17
+
+    assert main([str(tiny[0]), "-o", out, "--max-memory", "100M"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "--sizes 96x80" in line and "over the 100 MiB limit (--max-memory)" in line
+    assert "check smaller --sizes (up to about " in line
+    assert main([str(tiny[0]), "-o", out, "--max-memory", "1M"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith(
+        "over the 1.0 MiB limit (--max-memory); raise it"
+    )
+    assert no_export == [] and _leftovers(tmp_path) == []
+    # the estimate without the float64 cross-check and the fp16 graph is less
+    full = export.parity_peak_bytes([(96, 80)], 2, fp16=True)
+    assert export.parity_peak_bytes([(96, 80)], 2, cross_check=False) < full

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +93,74 @@ def test_cli_table_and_json(tmp_path, capsys):
 def test_cli_unknown_model_is_an_error(capsys):
     assert main(["--model", "nope", "--latency-sizes", "--input", "8x8"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _fake_profile(calls):
+    def profile(option, scale, input_hw, *args, **kwargs):
+        calls.append((option, scale))
+        return {
+            "model": option,
+            "scale": scale,
+            "trainable_params": 1,
+            "params": 1,
+            "macs": 1,
+            "macs_without_dynamic": 1,
+            "latency_ms": {},
+            "input_hw": list(input_hw),
+            "device": "cpu",
+            "precision": "32",
+        }
+
+    return profile
+
+
+def test_cli_json_path_that_cannot_be_written_is_refused_before_profiling(
+    tmp_path, monkeypatch, capsys
+):
+    """A folder, a folder that is a file, one that cannot be created, a folder nothing can
+    be written to (creating a file there denied: tests run as root, where chmod does not
+    stop writes): one line naming --json, exit 2, before any profiling."""
+    import tempfile
+
+    import hdsr.cli.profiling as profiling
+
+    calls = []
+    monkeypatch.setattr(profiling, "profile_model", _fake_profile(calls))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    base = ["--latency-sizes", "--input", "8x8", "--json"]
+    for path, says in (
+        (tmp_path, f"--json {tmp_path} is a directory"),
+        (afile / "p.json", f"--json {afile / 'p.json'}: {afile} is a file, not a folder"),
+        (afile / "sub" / "p.json", "cannot write to the folder"),
+        (ro / "p.json", f"cannot write to the folder {ro} (Permission denied)"),
+    ):
+        assert main([*base, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err, err
+    assert calls == []
+    # a missing folder is created, as before
+    assert main([*base, str(tmp_path / "new" / "p.json")]) == 0
+    assert json.loads((tmp_path / "new" / "p.json").read_text())[0]["model"] == "hdsrnet"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_cli_json_in_a_read_only_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["--latency-sizes", "--input", "8x8", "--json", str(ro / "p.json")]) == 2
+    finally:
+        ro.chmod(0o755)
+    assert "(Permission denied)" in capsys.readouterr().err

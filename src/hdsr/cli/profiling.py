@@ -7,6 +7,9 @@ Models are built from the package's Hydra configs (``model=<option>``, ``data.sc
 All sizes are LR *input* sizes (height x width); the output is ``scale`` times larger.
 
 How MACs are counted, and how they relate to the paper's FLOPs: ``hdsr.evaluation.complexity``.
+
+``--json PATH`` is checked before any profiling (not a folder, its folder created if
+missing and writable): a path that cannot be written is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hdsr.cli.destinations import file_problem
 from hdsr.evaluation.complexity import PAPER_X4_256_GFLOPS, profile_model
 from hdsr.sizes import parse_size
 
@@ -100,10 +104,14 @@ def print_table(records: Sequence[dict[str, Any]], console: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``hdsr-profile``; returns the exit status."""
+    """Run ``hdsr-profile``; returns the exit status (0 done, 2 bad arguments or a
+    ``--json`` path that cannot be written)."""
     args = build_parser().parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         print("hdsr-profile: --repeats must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    if args.json is not None and (problem := file_problem(args.json, "--json")):
+        print(f"hdsr-profile: {problem}", file=sys.stderr)
         return 2
     from hydra.errors import HydraException
     from rich.console import Console
@@ -132,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             records.append(rec)
     print_table(records, console)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(records, indent=2) + "\n")
+        except OSError as err:  # checked above; the disk may have filled since
+            print(f"hdsr-profile: --json {args.json}: {err.strerror or err}", file=sys.stderr)
+            return 2
         console.print(f"wrote {args.json}", markup=False)
     return 0
 
