@@ -77,3 +77,10 @@ def write_failed(path: object, err: BaseException) -> OutputWriteError:
         pass
     code = getattr(err, "errno", None) or errno.EIO
     return OutputWriteError(code, f"writing {path} failed: {reason}{free}")
+
+
+class StartupInterrupted(Exception):
+    """Ctrl-C that reached a job as ``KeyboardInterrupt``: while it started (imports,
+    config, data), before training's own stop handler took over. An ordinary error
+    for Hydra, so that its job-end callbacks remove the run folder it made and say so in
+    one line (a KeyboardInterrupt would skip them and print a traceback)."""

@@ -12,8 +12,11 @@ and exit status 2, as a bad command-line argument is (Hydra would print a traceb
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from hdsr.errors import (
     NonFiniteOutput,
     NonFiniteWeights,
     OutputWriteError,
+    StartupInterrupted,
     UnreadableCheckpoint,
     UntrustedConfigError,
     UsageError,
@@ -123,10 +127,25 @@ class ExitOnConfigError(Callback):
         if job_return.status != JobStatus.FAILED:
             return
         err = job_return._return_value
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+        if isinstance(err, StartupInterrupted):  # as a shell reports Ctrl-C: status 130
+            print(f"{prog}: {err}", file=sys.stderr)
+            raise SystemExit(128 + int(signal.SIGINT))
         if isinstance(err, OutputWriteError):  # not a usage error: exit status 1
-            prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
             print(f"{prog}: error: {err}", file=sys.stderr)
             raise SystemExit(1)
         line = config_error_line(err)
         if line is not None:
             raise UsageError(line)
+
+
+@contextlib.contextmanager
+def startup_interrupts() -> Iterator[None]:
+    """Around a Hydra task: a Ctrl-C that reaches it as ``KeyboardInterrupt`` (before the
+    run's own handler takes over: imports, config, data) becomes ``StartupInterrupted``, so
+    the run folder Hydra made is removed if nothing else is in it, and the command ends
+    with one line and status 130 (:class:`ExitOnConfigError`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise StartupInterrupted("interrupted (Ctrl-C)") from None

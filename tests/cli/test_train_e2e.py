@@ -274,3 +274,28 @@ def test_config_errors_leave_no_empty_run_folder(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("hdsr-eval: error: tile must be")
     assert not (tmp_path / "runs" / "eval").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path):
+    """A Ctrl-C while hdsr-train starts (the job's imports) reached Hydra as a
+    KeyboardInterrupt: a traceback, and a run folder holding only .hydra and an empty
+    train.log."""
+    import signal
+    import time
+
+    from helpers.commands import start
+
+    proc = start("hdsr-train logger=csv", tmp_path)
+    hydra_dir = tmp_path / "runs" / "hdsrnet_x2_s0" / ".hydra"
+    deadline = time.monotonic() + 120
+    while not hydra_dir.is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert hydra_dir.is_dir(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "hdsr-train: interrupted (Ctrl-C)"
+    ), err[-3000:]
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))

@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hdsr.evaluation.names import eval_name
+from hdsr.run_dirs import startup_interrupts
 from hdsr.training.config import CONFIG_MODULE
 
 if not OmegaConf.has_resolver("hdsr_eval_name"):  # the eval config's run name
@@ -17,6 +18,7 @@ if not OmegaConf.has_resolver("hdsr_eval_name"):  # the eval config's run name
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="eval")
 def hydra_main(cfg: DictConfig) -> None:
-    from hdsr.evaluation.run import run_eval  # Lightning: loaded once the job starts
+    with startup_interrupts():
+        from hdsr.evaluation.run import run_eval  # Lightning: loaded once the job starts
 
-    run_eval(cfg)
+        run_eval(cfg)
