@@ -16,6 +16,7 @@ import contextlib
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,23 @@ def holds_only_hydra_files(run_dir: Path, subdir: str) -> bool:
     return True
 
 
+def discard_if_empty(run_dir: Path, subdir: str) -> bool:
+    """Remove ``run_dir`` (and ``runs/`` above it, if now empty) when it holds only Hydra's
+    files; True when it was removed. The working directory itself is never removed."""
+    if run_dir.resolve() == Path.cwd().resolve() or not holds_only_hydra_files(run_dir, subdir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:  # runs/ (or runs/eval/) if now empty
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+    return True
+
+
 class DiscardEmptyRunDir(Callback):
     """After a failed job, remove its run folder if only Hydra's files are in it."""
 
@@ -68,23 +86,11 @@ class DiscardEmptyRunDir(Callback):
         if not subdir or not out:
             return
         run_dir = Path(str(out))
-        if run_dir.resolve() == Path.cwd().resolve() or not holds_only_hydra_files(
-            run_dir, str(subdir)
-        ):
-            return
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        for parent in run_dir.resolve().parents:  # runs/ (or runs/eval/) if now empty
-            if parent == cwd or cwd not in parent.parents:
-                break
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        print(
-            f"removed the run folder {run_dir}: the job failed before writing anything",
-            file=sys.stderr,
-        )
+        if discard_if_empty(run_dir, str(subdir)):
+            print(
+                f"removed the run folder {run_dir}: the job failed before writing anything",
+                file=sys.stderr,
+            )
 
 
 #: errors that say what is wrong with a value or a file the user gave, in their first line
@@ -139,13 +145,67 @@ class ExitOnConfigError(Callback):
             raise UsageError(line)
 
 
+#: a Ctrl-C that arrived while Hydra worked outside the task (see :func:`_defer_interrupt`)
+_interrupted = {"pending": False}
+
+
+def _defer_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler while Hydra itself works (composing the config, making the run folder,
+    writing ``.hydra/``): remember the Ctrl-C, so that it lands where hdsr handles it (the
+    task's start, or the end of the command), not half-way through a file Hydra writes.
+    A second Ctrl-C interrupts at once."""
+    if _interrupted["pending"]:
+        raise KeyboardInterrupt
+    _interrupted["pending"] = True
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
-def startup_interrupts() -> Iterator[None]:
-    """Around a Hydra task: a Ctrl-C that reaches it as ``KeyboardInterrupt`` (before the
-    run's own handler takes over: imports, config, data) becomes ``StartupInterrupted``, so
-    the run folder Hydra made is removed if nothing else is in it, and the command ends
-    with one line and status 130 (:class:`ExitOnConfigError`)."""
+def interrupts_outside_the_task(prog: str) -> Iterator[None]:
+    """Around a Hydra app (``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval``): a Ctrl-C while
+    Hydra itself works is held back until the task starts (:func:`startup_interrupts`
+    turns it into ``StartupInterrupted``: the run folder removed, one line, status 130);
+    one that never reached a task (or a second Ctrl-C) ends the command with that one line
+    and status 130 here, never a traceback."""
+    main = _in_main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main:
+        signal.signal(signal.SIGINT, _defer_interrupt)
+    interrupted = False
     try:
         yield
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        interrupted = interrupted or _interrupted["pending"]
+        _interrupted["pending"] = False
+    if interrupted:
+        print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(128 + int(signal.SIGINT))
+
+
+@contextlib.contextmanager
+def startup_interrupts() -> Iterator[None]:
+    """Around a Hydra task: a Ctrl-C that reaches it as ``KeyboardInterrupt`` (before the
+    run's own handler takes over: imports, config, data), or one held back while Hydra
+    wrote the run folder (:func:`interrupts_outside_the_task`), becomes
+    ``StartupInterrupted``, so the run folder Hydra made is removed if nothing else is in
+    it, and the command ends with one line and status 130 (:class:`ExitOnConfigError`)."""
+    deferring = _in_main_thread() and signal.getsignal(signal.SIGINT) is _defer_interrupt
+    if deferring:  # inside the task, Ctrl-C interrupts (the run installs its own handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        if _interrupted["pending"]:
+            _interrupted["pending"] = False
+            raise KeyboardInterrupt
+        yield
+    except KeyboardInterrupt:
         raise StartupInterrupted("interrupted (Ctrl-C)") from None
+    finally:
+        if deferring:  # back to holding Ctrl-C while Hydra works (the next job of a sweep)
+            signal.signal(signal.SIGINT, _defer_interrupt)

@@ -299,3 +299,40 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path):
         "hdsr-train: interrupted (Ctrl-C)"
     ), err[-3000:]
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+
+
+@pytest.mark.parametrize("entry", ["train_main", "eval_main"])
+def test_ctrl_c_while_hydra_writes_the_run_folder_is_one_line(entry, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that lands while Hydra writes .hydra/ (before the task runs) escaped as a
+    KeyboardInterrupt traceback and left the half-written run folder."""
+    import os
+    import signal
+    import sys
+
+    import hydra.core.utils
+
+    import hdsr.cli
+
+    real_save = hydra.core.utils._save_config
+
+    def interrupted(cfg, filename, output_dir):
+        real_save(cfg, filename, output_dir)
+        if filename == "config.yaml":  # Ctrl-C between Hydra's first and second file
+            # with Python's own handler the signal would stop pytest itself: fail instead
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, (
+                "nothing holds back a Ctrl-C while Hydra writes the run folder"
+            )
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(hydra.core.utils, "_save_config", interrupted)
+    monkeypatch.chdir(tmp_path)
+    argv = {
+        "train_main": ["hdsr-train", "logger=csv"],
+        "eval_main": ["hdsr-eval", "model=bicubic", "data.scale=2", "data.benchmark_root=."],
+    }[entry]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stopped:
+        getattr(hdsr.cli, entry)()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{argv[0]}: interrupted (Ctrl-C)"
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))

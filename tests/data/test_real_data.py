@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,26 +138,54 @@ def test_failed_build_leaves_no_entry_and_no_temp_files(tmp_path):
     assert [p.name for p in entry.parent.iterdir()] == ["img.npy.lock"]
 
 
-def _build_in_process(args):
-    src, entry, log = args
+_BUILDER = """
+import os, sys, time
+from pathlib import Path
 
-    def produce():
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(0.3)  # a slow decode, so the builders overlap
-        return read_image(src)
+import numpy as np
 
-    ensure_cached(Path(entry), Path(src), "hr", produce)
-    return np.load(entry).sum()
+from hdsr.data.cache import ensure_cached
+from hdsr.imaging import read_image
+
+src, entry, log, ready, n = sys.argv[1:6]
+Path(ready, str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(os.listdir(ready)) < int(n) and time.monotonic() < deadline:
+    time.sleep(0.01)  # all builders start together
+
+
+def produce():
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(0.3)  # a slow decode, so the builders overlap
+    return read_image(Path(src))
+
+
+ensure_cached(Path(entry), Path(src), "hr", produce)
+print(int(np.load(entry).sum()))
+"""
 
 
 def test_concurrent_builders_build_once_and_others_wait(tmp_path):
+    # separate interpreters: a fork of this (threaded) test process can deadlock
     src = _source(tmp_path)
-    entry, log = tmp_path / "cache" / "img.npy", tmp_path / "builds.log"
-    with mp.get_context("fork").Pool(3) as pool:
-        sums = pool.map(_build_in_process, [(str(src), str(entry), str(log))] * 3)
+    entry, log, ready = tmp_path / "cache" / "img.npy", tmp_path / "builds.log", tmp_path / "up"
+    ready.mkdir()
+    args = [str(src), str(entry), str(log), str(ready), "3"]
+    builders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILDER, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [b.communicate(timeout=300) for b in builders]
+    assert all(b.returncode == 0 for b in builders), [err[-2000:] for _, err in outs]
     assert len(log.read_text().splitlines()) == 1
-    assert len(set(sums)) == 1 and sums[0] == read_image(src).sum()
+    sums = {int(out.strip()) for out, _ in outs}
+    assert sums == {int(read_image(src).sum())}
 
 
 # -- benchmarks ----------------------------------------------------------------------------

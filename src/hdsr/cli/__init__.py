@@ -22,6 +22,7 @@ from hdsr.cli.overrides import (
 from hdsr.cli.train import hydra_main as train_hydra_main
 from hdsr.cli.train import prepare_hydra_main
 from hdsr.console import sacct_warning_once
+from hdsr.run_dirs import interrupts_outside_the_task
 from hdsr.training.config import CONFIG_MODULE
 
 
@@ -32,7 +33,8 @@ def train_main() -> None:
     check_renamed_keys(argv)
     sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
     sacct_warning_once()  # launcher=slurm on a cluster without accounting
-    train_hydra_main()
+    with interrupts_outside_the_task("hdsr-train"):
+        train_hydra_main()
 
 
 def prepare_main() -> None:
@@ -45,7 +47,8 @@ def prepare_main() -> None:
     sys.argv[1:] = with_overrides(
         argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
     )
-    prepare_hydra_main()
+    with interrupts_outside_the_task("hdsr-prepare"):
+        prepare_hydra_main()
 
 
 def eval_main() -> None:
@@ -53,4 +56,5 @@ def eval_main() -> None:
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     check_mode_flags(argv)
     sys.argv[1:] = argv
-    eval_hydra_main()
+    with interrupts_outside_the_task("hdsr-eval"):
+        eval_hydra_main()
