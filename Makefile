@@ -27,10 +27,10 @@ demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes o
 test: dev  ## install what tests need and run the whole suite (slow tests included), in parallel
 	$(BIN)/ruff check src tests experiments
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 test-fast: dev  ## the suite without the slow end-to-end tests, in parallel
-	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
+	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1 -m "not slow"
 
 slurm-up:  ## as root: start the SLURM test cluster the slurm tests use (installs it if missing)
 	tests/cluster/slurm.sh up

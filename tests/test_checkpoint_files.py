@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.commands import BIN, run
+from helpers.commands import BIN, run, run_here
 from helpers.configs import compose
 
 TINY = (
@@ -310,7 +310,7 @@ def test_resolve_resume_refuses_a_pickle_payload(tmp_path):
 @pytest.mark.slow
 def test_ckpt_path_with_a_pickle_payload_fails_clearly_and_runs_nothing(tmp_path):
     path, marker = evil_checkpoint(tmp_path)
-    proc = run(f"hdsr-train trainer.max_steps=2 ckpt_path={path} {TINY}", tmp_path)
+    proc = run_here(f"hdsr-train trainer.max_steps=2 ckpt_path={path} {TINY}", tmp_path)
     assert proc.returncode != 0
     assert not marker.exists()
     last = proc.stderr.strip().splitlines()[-3:]
@@ -368,11 +368,11 @@ def test_checkpoint_of_another_variant_or_scale_is_named(tmp_path, held, asked, 
 def test_hdsr_train_names_a_mismatched_checkpoint_or_a_directory(tmp_path):
     path = tmp_path / "x3.ckpt"
     torch.save(fake_checkpoint(scale=3), path)
-    proc = run(f"hdsr-train ckpt_path={path} {TINY}", tmp_path)
+    proc = run_here(f"hdsr-train ckpt_path={path} {TINY}", tmp_path)
     assert proc.returncode != 0
     assert f"{path} holds model r1_six_conv at x3" in proc.stderr, proc.stderr[-3000:]
     assert "size mismatch" not in proc.stderr and "Missing key" not in proc.stderr
-    proc = run(f"hdsr-train ckpt_path={tmp_path} {TINY}", tmp_path)
+    proc = run_here(f"hdsr-train ckpt_path={tmp_path} {TINY}", tmp_path)
     assert proc.returncode != 0
     assert f"ckpt_path={tmp_path} is a directory, not a checkpoint file" in proc.stderr
 

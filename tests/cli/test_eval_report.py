@@ -12,7 +12,7 @@ import torch
 
 from hdsr.imaging import write_png
 from helpers import FIXTURES
-from helpers.commands import read_csv, run
+from helpers.commands import read_csv, run, run_here
 from helpers.datatrees import make_benchmark
 
 pytestmark = pytest.mark.slow
@@ -124,14 +124,14 @@ def test_eval_demo_images_are_the_training_validation_images():
 
 
 def test_eval_errors_are_clear(tmp_path, bench):
-    proc = run(f"hdsr-eval model=bicubic data.benchmark_root={bench} logger=csv", tmp_path)
+    proc = run_here(f"hdsr-eval model=bicubic data.benchmark_root={bench} logger=csv", tmp_path)
     assert proc.returncode != 0 and "model=bicubic needs data.scale" in proc.stderr
-    proc = run(f"hdsr-eval data.benchmark_root={bench} logger=csv", tmp_path)
+    proc = run_here(f"hdsr-eval data.benchmark_root={bench} logger=csv", tmp_path)
     assert proc.returncode != 0 and "nothing to evaluate" in proc.stderr
-    proc = run(f"hdsr-eval ckpt={tmp_path}/none.pt data.benchmark_root={bench}", tmp_path)
+    proc = run_here(f"hdsr-eval ckpt={tmp_path}/none.pt data.benchmark_root={bench}", tmp_path)
     assert proc.returncode == 2 and "none.pt does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr  # one line, as for a bad value
-    proc = run(f"hdsr-eval ckpt={tmp_path} data.benchmark_root={bench}", tmp_path)
+    proc = run_here(f"hdsr-eval ckpt={tmp_path} data.benchmark_root={bench}", tmp_path)
     assert proc.returncode == 2 and f"{tmp_path} is a directory" in proc.stderr
     for bad, says in (
         ("tile=abc", "tile must be"),
@@ -140,7 +140,7 @@ def test_eval_errors_are_clear(tmp_path, bench):
         ("weights=best", "weights must be ema or raw"),
     ):
         cmd = f"hdsr-eval model=bicubic data.scale=2 data.benchmark_root={bench} {bad}"
-        proc = run(cmd, tmp_path)
+        proc = run_here(cmd, tmp_path)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
 
 

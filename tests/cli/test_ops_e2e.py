@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.commands import read_csv, run, start, wandb_records
+from helpers.commands import read_csv, run, run_here, start, wandb_records
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ def test_rerun_resumes_and_resume_false_or_ckpt_path(tmp_path):
     given = run(f"hdsr-train trainer.max_steps=3 ckpt_path={saved} {RESUME}", tmp_path)
     assert given.returncode == 0 and f"resuming from {saved}" in given.stdout
     assert final_weights(run_dir)[1] == 3
-    missing = run(f"hdsr-train ckpt_path={tmp_path / 'nope.ckpt'} {RESUME}", tmp_path)
+    missing = run_here(f"hdsr-train ckpt_path={tmp_path / 'nope.ckpt'} {RESUME}", tmp_path)
     assert missing.returncode != 0 and "nope.ckpt: no such checkpoint file" in missing.stderr
     # every start keeps its own CSV log
     assert len(list((run_dir / "csv").iterdir())) == 4

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from helpers.commands import REPO, read_csv, run
+from helpers.commands import REPO, read_csv, run, run_here
 
 TINY = [
     "data.batch_size=4",
@@ -128,9 +128,9 @@ def test_ablation_sweep_as_typed_runs_nine_jobs(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_errors_are_clear(tmp_path):
-    proc = run("hdsr-train -m model=ablation/zz*", tmp_path)
+    proc = run_here("hdsr-train -m model=ablation/zz*", tmp_path)
     assert proc.returncode == 2 and "matches no option" in proc.stderr
-    proc = run("hdsr-train data.scale=5 logger=csv", tmp_path)
+    proc = run_here("hdsr-train data.scale=5 logger=csv", tmp_path)
     assert proc.returncode != 0 and "data.scale must be one of [2, 3, 4]" in proc.stderr
     assert not (tmp_path / "runs" / "hdsrnet_x5_s0" / "checkpoints").exists()
 
@@ -247,7 +247,7 @@ def test_final_table_scores_bicubic_on_the_images_the_model_was_scored_on(tmp_pa
 
 @pytest.mark.slow
 def test_config_errors_leave_no_empty_run_folder(tmp_path):
-    proc = run("hdsr-train data.batch_size=abc logger=csv", tmp_path)
+    proc = run_here("hdsr-train data.batch_size=abc logger=csv", tmp_path)
     # one line naming the key, exit 2 as for a bad argument, no traceback
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -256,7 +256,7 @@ def test_config_errors_leave_no_empty_run_folder(tmp_path):
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
     # a mandatory value left open: the key and an example
-    proc = run("hdsr-train data=div2k logger=csv", tmp_path)
+    proc = run_here("hdsr-train data=div2k logger=csv", tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         "hdsr-train: error: data.root is not set: add data.root=/data/DIV2K "
@@ -267,10 +267,10 @@ def test_config_errors_leave_no_empty_run_folder(tmp_path):
     kept = tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"results")
-    proc = run("hdsr-train data.patch_size=1 logger=csv", tmp_path)
+    proc = run_here("hdsr-train data.patch_size=1 logger=csv", tmp_path)
     assert proc.returncode != 0 and "data.patch_size=1" in proc.stderr
     assert kept.read_bytes() == b"results"
-    proc = run("hdsr-eval model=bicubic data.scale=2 data.benchmark_root=. tile=abc", tmp_path)
+    proc = run_here("hdsr-eval model=bicubic data.scale=2 data.benchmark_root=. tile=abc", tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("hdsr-eval: error: tile must be")
     assert not (tmp_path / "runs" / "eval").exists()
@@ -302,16 +302,13 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["train_main", "eval_main"])
-def test_ctrl_c_while_hydra_writes_the_run_folder_is_one_line(entry, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_hydra_writes_the_run_folder_is_one_line(entry, tmp_path, monkeypatch):
     """A Ctrl-C that lands while Hydra writes .hydra/ (before the task runs) escaped as a
     KeyboardInterrupt traceback and left the half-written run folder."""
     import os
     import signal
-    import sys
 
     import hydra.core.utils
-
-    import hdsr.cli
 
     real_save = hydra.core.utils._save_config
 
@@ -325,14 +322,11 @@ def test_ctrl_c_while_hydra_writes_the_run_folder_is_one_line(entry, tmp_path, m
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(hydra.core.utils, "_save_config", interrupted)
-    monkeypatch.chdir(tmp_path)
-    argv = {
-        "train_main": ["hdsr-train", "logger=csv"],
-        "eval_main": ["hdsr-eval", "model=bicubic", "data.scale=2", "data.benchmark_root=."],
+    cmd = {
+        "train_main": "hdsr-train logger=csv",
+        "eval_main": "hdsr-eval model=bicubic data.scale=2 data.benchmark_root=.",
     }[entry]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as stopped:
-        getattr(hdsr.cli, entry)()
-    assert stopped.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{argv[0]}: interrupted (Ctrl-C)"
+    proc = run_here(cmd, tmp_path)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"{cmd.split()[0]}: interrupted (Ctrl-C)"
     assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib
+import io
 import json
+import logging
 import os
+import shlex
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -36,6 +44,78 @@ def start(cmd: str, cwd: Path, **env) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+@contextlib.contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Whatever logging setup a Hydra command makes in this process (its console handler,
+    its job log in a run folder that may since be removed) is undone afterwards, so the
+    next test in this worker logs as before."""
+    loggers = [logging.root] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    try:
+        yield
+    finally:
+        everyone = [logging.root] + [
+            lg
+            for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
+        ]
+        for lg in everyone:
+            handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+
+
+def run_here(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run an hdsr command that stops before any training (a refused value, ``--cfg job``,
+    ``--help``) in this process, through the function its console script calls, as ``run``
+    would (offline, no W&B key, 120 columns): the same output and exit status without a new
+    interpreter's ~6 s of imports. Not for commands that train: a run changes
+    process-wide state (seeds, signal handlers, logging) that a test process should not
+    inherit."""
+    argv = shlex.split(cmd)
+    (script,) = entry_points(group="console_scripts", name=argv[0])
+    module, _, attr = script.value.partition(":")
+    main = getattr(importlib.import_module(module), attr)
+    saved_env = dict(os.environ)
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    code: int = 0
+    try:
+        for key in [k for k in os.environ if k.startswith("WANDB_")]:
+            del os.environ[key]
+        os.environ["COLUMNS"] = "120"
+        os.chdir(cwd)
+        sys.argv = argv
+        with (
+            _logging_kept(),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                main()
+            except SystemExit as stop:  # what the console script's sys.exit() would give
+                if stop.code is None or isinstance(stop.code, int):
+                    code = stop.code or 0
+                else:
+                    print(stop.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # what the interpreter prints for an uncaught error
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
