@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# -n auto: workers as tests/conftest.py sets; the slowest tests first, one test at a time
+PYTEST := $(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check docs clean
@@ -27,10 +29,10 @@ demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes o
 test: dev  ## install what tests need and run the whole suite (slow tests included), in parallel
 	$(BIN)/ruff check src tests experiments
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
+	$(PYTEST)
 
 test-fast: dev  ## the suite without the slow end-to-end tests, in parallel
-	$(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1 -m "not slow"
+	$(PYTEST) -m "not slow"
 
 slurm-up:  ## as root: start the SLURM test cluster the slurm tests use (installs it if missing)
 	tests/cluster/slurm.sh up

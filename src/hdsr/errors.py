@@ -6,13 +6,17 @@ import sys
 from pathlib import Path
 
 
+def command_name() -> str:
+    """The name the command was typed as (``hdsr-train``), for its one-line messages."""
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
+
+
 class UsageError(SystemExit):
     """Exit with status 2 and ``<command>: error: <message>`` on stderr, like argparse:
     a bad argument or config value, said in one line."""
 
     def __init__(self, message: str) -> None:
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{command_name()}: error: {message}", file=sys.stderr)
         super().__init__(2)
 
 

@@ -35,6 +35,7 @@ from hdsr.errors import (
     UnreadableCheckpoint,
     UntrustedConfigError,
     UsageError,
+    command_name,
 )
 
 #: what to type for a mandatory value a config leaves open (``???``)
@@ -133,16 +134,20 @@ class ExitOnConfigError(Callback):
         if job_return.status != JobStatus.FAILED:
             return
         err = job_return._return_value
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hdsr"
-        if isinstance(err, StartupInterrupted):  # as a shell reports Ctrl-C: status 130
-            print(f"{prog}: {err}", file=sys.stderr)
-            raise SystemExit(128 + int(signal.SIGINT))
+        if isinstance(err, StartupInterrupted):
+            exit_interrupted()
         if isinstance(err, OutputWriteError):  # not a usage error: exit status 1
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            print(f"{command_name()}: error: {err}", file=sys.stderr)
             raise SystemExit(1)
         line = config_error_line(err)
         if line is not None:
             raise UsageError(line)
+
+
+def exit_interrupted() -> None:
+    """End the command after a Ctrl-C as a shell reports one: one line, status 130."""
+    print(f"{command_name()}: interrupted (Ctrl-C)", file=sys.stderr)
+    raise SystemExit(128 + int(signal.SIGINT))
 
 
 #: a Ctrl-C that arrived while Hydra worked outside the task (see :func:`_defer_interrupt`)
@@ -164,7 +169,7 @@ def _in_main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def interrupts_outside_the_task(prog: str) -> Iterator[None]:
+def interrupts_outside_the_task() -> Iterator[None]:
     """Around a Hydra app (``hdsr-train``, ``hdsr-prepare``, ``hdsr-eval``): a Ctrl-C while
     Hydra itself works is held back until the task starts (:func:`startup_interrupts`
     turns it into ``StartupInterrupted``: the run folder removed, one line, status 130);
@@ -185,8 +190,7 @@ def interrupts_outside_the_task(prog: str) -> Iterator[None]:
         interrupted = interrupted or _interrupted["pending"]
         _interrupted["pending"] = False
     if interrupted:
-        print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
-        raise SystemExit(128 + int(signal.SIGINT))
+        exit_interrupted()
 
 
 @contextlib.contextmanager

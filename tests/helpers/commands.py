@@ -21,29 +21,44 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
 
+def user_env(**env: str) -> dict[str, str]:
+    """A user's environment for the commands: this venv's scripts first on PATH, no W&B
+    key or setting (so W&B runs offline), 120 columns; ``env`` on top."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120")
+    environ.update(env)
+    return environ
+
+
 def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
     """Run ``cmd`` through bash, as typed at a prompt, offline and without a W&B key."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120", **env)
     return subprocess.run(
-        ["bash", "-c", cmd], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+        ["bash", "-c", cmd],
+        cwd=cwd,
+        env=user_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def start(cmd: str, cwd: Path, **env) -> subprocess.Popen:
     """Start ``cmd`` as ``run`` would (its own process, so signals reach it), output piped."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120")
-    environ.update(env)
     Path(cwd).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         ["bash", "-c", f"exec {cmd}"],
         cwd=cwd,
-        env=environ,
+        env=user_env(**env),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _loggers() -> list[logging.Logger]:
+    return [logging.root] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
 
 
 @contextlib.contextmanager
@@ -51,19 +66,11 @@ def _logging_kept() -> Iterator[None]:
     """Whatever logging setup a Hydra command makes in this process (its console handler,
     its job log in a run folder that may since be removed) is undone afterwards, so the
     next test in this worker logs as before."""
-    loggers = [logging.root] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    saved = {lg: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in _loggers()}
     try:
         yield
     finally:
-        everyone = [logging.root] + [
-            lg
-            for lg in logging.Logger.manager.loggerDict.values()
-            if isinstance(lg, logging.Logger)
-        ]
-        for lg in everyone:
+        for lg in _loggers():
             handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
             for handler in lg.handlers:
                 if handler not in handlers:
@@ -89,9 +96,9 @@ def run_here(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     code: int = 0
     try:
-        for key in [k for k in os.environ if k.startswith("WANDB_")]:
-            del os.environ[key]
-        os.environ["COLUMNS"] = "120"
+        environ = user_env()
+        os.environ.clear()
+        os.environ.update(environ)
         os.chdir(cwd)
         sys.argv = argv
         with (

@@ -33,7 +33,7 @@ def train_main() -> None:
     check_renamed_keys(argv)
     sys.argv[1:] = with_overrides(argv, job_dir_overrides(argv))
     sacct_warning_once()  # launcher=slurm on a cluster without accounting
-    with interrupts_outside_the_task("hdsr-train"):
+    with interrupts_outside_the_task():
         train_hydra_main()
 
 
@@ -47,7 +47,7 @@ def prepare_main() -> None:
     sys.argv[1:] = with_overrides(
         argv, ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout"]
     )
-    with interrupts_outside_the_task("hdsr-prepare"):
+    with interrupts_outside_the_task():
         prepare_hydra_main()
 
 
@@ -56,5 +56,5 @@ def eval_main() -> None:
     argv = expand_group_patterns(sys.argv[1:], CONFIG_MODULE)
     check_mode_flags(argv)
     sys.argv[1:] = argv
-    with interrupts_outside_the_task("hdsr-eval"):
+    with interrupts_outside_the_task():
         eval_hydra_main()
