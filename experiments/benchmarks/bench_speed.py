@@ -291,9 +291,10 @@ def _serve(conn, spec: dict) -> None:
 #: whose figures mean nothing: forked from one server that has imported WORKER_MODULES,
 #: a worker starts in ~0.05 s instead of ~1.2 s (about 40 workers a run)
 START_METHOD = "spawn"
-#: what the fork server imports (``__main__`` itself cannot be preloaded: Python 3.11's
-#: fork server drops the path it needs; each worker imports this script again, cheaply
-#: once these are loaded)
+#: what the fork server imports once (``__main__`` itself cannot be preloaded: Python
+#: 3.11's fork server drops the path it needs; each worker imports this script again,
+#: cheaply once these are loaded). The server never computes, so no worker inherits a
+#: thread pool, an allocator's cache or CUDA.
 WORKER_MODULES = [
     "numpy",
     "torch",
@@ -304,15 +305,6 @@ WORKER_MODULES = [
     "hdsr.runtime",
     "helpers.official_reference",
 ]
-
-
-def worker_context() -> mp.context.BaseContext:
-    """The multiprocessing context workers start in (``START_METHOD``). The fork server
-    never computes, so no worker inherits a thread pool, an allocator's cache or CUDA."""
-    ctx = mp.get_context(START_METHOD)
-    if START_METHOD == "forkserver":
-        ctx.set_forkserver_preload(WORKER_MODULES)
-    return ctx
 
 
 class Worker:
@@ -327,7 +319,7 @@ class Worker:
             self._run = make_runner(spec)
             self._device = spec["device"]
             return
-        ctx = worker_context()
+        ctx = mp.get_context(START_METHOD)
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, spec))
         self.proc.start()
@@ -715,6 +707,7 @@ def main() -> None:
     ALLOCATOR = args.allocator
     if args.tiny:
         START_METHOD = "forkserver"
+        mp.set_forkserver_preload(WORKER_MODULES)
     if args.in_process and args.allocator != "default":
         ap.error("--allocator needs worker processes (it is a process-wide setting)")
     dev, inproc = args.device, args.in_process
