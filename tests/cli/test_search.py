@@ -446,6 +446,9 @@ def test_a_running_trial_is_dead_when_its_worker_and_trainer_are_gone():
     # another host: the heartbeat decides
     assert liveness(trial("elsewhere", gone.pid), now, 600, here) == search.ALIVE
     assert liveness(trial("elsewhere", 1, beat=now - 601), now, 600, here) == search.DEAD
+    # this host recorded, the worker's pid not yet (separate appends): just taken, not left
+    assert liveness(trial(here, None), now, 600, here) == search.ALIVE
+    assert liveness(trial(here, None, beat=now - 601), now, 600, here) == search.DEAD
 
 
 def test_requeued_and_surplus_trials_do_not_count_toward_the_target():

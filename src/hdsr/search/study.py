@@ -210,16 +210,21 @@ ALIVE, BUSY, DEAD = "alive", "busy", "dead"
 
 def liveness(trial: Any, now: float, stale_after: float, here: str) -> str:
     """ALIVE: its worker runs it; BUSY: its worker is gone but its trainer still runs here
-    (it is stopping); DEAD: nothing runs it any more."""
+    (it is stopping); DEAD: nothing runs it any more.
+
+    A worker records its trial's host, pid and heartbeat one append at a time, so a trial
+    of this host whose worker pid is not recorded yet is judged like a remote one, by its
+    start or heartbeat: it has just been taken, not left."""
     attrs = trial.system_attrs
     beat = attrs.get(HEARTBEAT)
     if not isinstance(beat, int | float):
         start = trial.datetime_start
         beat = start.timestamp() if start is not None else 0.0
     fresh = now - beat <= stale_after
-    if attrs.get(HOST) != here:
+    worker = attrs.get(WORKER_PID)
+    if attrs.get(HOST) != here or not isinstance(worker, int):
         return ALIVE if fresh else DEAD
-    if pid_running(attrs.get(WORKER_PID)) and fresh:
+    if pid_running(worker) and fresh:
         return ALIVE
     if pid_running(attrs.get(TRAINER_PID)):
         return BUSY
