@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.callbacks import pace_overrides
 from helpers.commands import BIN, read_csv, run, start
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -40,6 +41,8 @@ ON_SLURM = (
     "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1"
 )
 METRIC = "val/psnr_y/demo"
+#: the folder holding ``helpers``: on PYTHONPATH, a job's runs can be paced (``pace_overrides``)
+TESTS = Path(__file__).resolve().parents[1]
 
 #: imported by every Python process of a job (PYTHONPATH): records each unpickling that
 #: happens inside torch.load. A weights-only load never calls pickle's find_class; a
@@ -125,7 +128,7 @@ def spy(tmp_path):
     )
     wrapper.chmod(0o755)
     env = {
-        "PYTHONPATH": str(spy_dir),
+        "PYTHONPATH": f"{spy_dir}{os.pathsep}{TESTS}",
         "HDSR_TEST_PICKLE_LOG": str(pickles),
         "PATH": f"{spy_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
     }
@@ -219,14 +222,16 @@ def test_the_ablation_sweep_is_one_job_array_with_the_local_runs_metrics(cluster
 
 
 # -- time limit -------------------------------------------------------------------------
-#: a run long enough that a one-minute time limit falls inside it
 LONG = (
     "data.patches_per_epoch=64 data.batch_size=4 data.patch_size=48 trainer.limit_val_batches=1 "
-    "trainer.enable_progress_bar=false checkpoint.every_n_train_steps=20"
+    f"trainer.enable_progress_bar=false checkpoint.every_n_train_steps=20 {TINY_NET}"
 )
-#: fifteen epochs of 16 steps (the last validation writes last.ckpt at the end): 80 s and
-#: more of training, longer than a job's time before its signal
+#: fifteen epochs of 16 steps (the last validation writes last.ckpt at the end)
 LONG_STEPS = 240
+#: a job's steps take 0.4 s of sleep (``Pace``): 96 s and more of training, longer than a
+#: job's time before its signal, without a core kept busy (the local reference runs
+#: unpaced: sleeping changes no number)
+PACED = pace_overrides(0.4)
 #: SLURM checks time limits every 30 s: a signal asked 45 s before the end of a 2-minute
 #: limit comes 45-75 s after the start, never during start-up (asked 30 s before the end
 #: of a 1-minute limit it came at once and killed the job before submitit's handler was
@@ -254,7 +259,7 @@ def test_a_time_limit_requeues_once_per_signal_and_the_run_ends_bitwise_as_unint
     args = f"trainer.max_steps={LONG_STEPS} {LONG}"
     limit = LIMIT
     job = start(
-        f"hdsr-train -m {ON_SLURM} {limit} hydra.launcher.max_num_timeout=20 {args}",
+        f"hdsr-train -m {ON_SLURM} {limit} hydra.launcher.max_num_timeout=20 {args} {PACED}",
         tmp_path / "slurm",
         **env,
     )
@@ -290,7 +295,7 @@ def test_the_restarts_after_time_limits_are_bounded_by_max_num_timeout(cluster, 
     args = f"trainer.max_steps=100000 {LONG}"
     limit = LIMIT
     job = start(
-        f"hdsr-train -m {ON_SLURM} {limit} hydra.launcher.max_num_timeout=1 {args}",
+        f"hdsr-train -m {ON_SLURM} {limit} hydra.launcher.max_num_timeout=1 {args} {PACED}",
         tmp_path,
         **env,
     )
@@ -315,7 +320,7 @@ def test_a_plain_sbatch_job_requeues_itself_at_most_max_requeues_times(cluster, 
             #SBATCH --time=2 --signal=USR1@45 --requeue --open-mode=append
             #SBATCH --output={tmp_path}/job.out --cpus-per-task=1
             srun hdsr-train trainer.accelerator=cpu slurm.max_requeues=1 logger=csv \\
-                trainer.max_steps=100000 {LONG}
+                trainer.max_steps=100000 {LONG} {PACED}
             """
         )
     )
@@ -335,9 +340,11 @@ def test_a_plain_sbatch_job_requeues_itself_at_most_max_requeues_times(cluster, 
 
 
 # -- preemption -------------------------------------------------------------------------
+PREEMPT_STEPS = 300
+#: 30 s and more of training (0.1 s of sleep a step), checkpointed every 5 steps
 PREEMPT = (
-    "logger=csv checkpoint.every_n_train_steps=5 trainer.max_steps=3000 "
-    f"data.patches_per_epoch=400 {SMALL} {TINY_NET}"
+    f"logger=csv checkpoint.every_n_train_steps=5 trainer.max_steps={PREEMPT_STEPS} "
+    f"data.patches_per_epoch=400 {SMALL} {TINY_NET} {pace_overrides(0.1)}"
 )
 
 
@@ -361,7 +368,7 @@ def test_preemption_requeue_resumes_and_scancel_term_stops_with_last_ckpt(cluste
     code, out, err = finish(job, 600)
     assert code == 0, err[-3000:]
     assert job_field(jid, "Restarts") == "1"
-    assert weights(run_dir)[1] == 3000
+    assert weights(run_dir)[1] == PREEMPT_STEPS
     assert len(list((run_dir / "csv").iterdir())) == 2  # it resumed, not restarted
     # scancel --signal=TERM: a clean stop with last.ckpt; the job does not come back
     job, run_dir, jid = _training_job(tmp_path / "b", env)
@@ -369,7 +376,7 @@ def test_preemption_requeue_resumes_and_scancel_term_stops_with_last_ckpt(cluste
     code, out, err = finish(job, 300)  # the sweep hears of it (submitit's result file)
     assert code != 0 and "stopped by SIGTERM at step" in out + err
     stopped = weights(run_dir)[1]
-    assert 0 < stopped < 3000 and job_field(jid, "Restarts") == "0"
+    assert 0 < stopped < PREEMPT_STEPS and job_field(jid, "Restarts") == "0"
     assert requeues(calls) == []  # SIGTERM never makes hdsr or submitit requeue
 
 
@@ -444,7 +451,7 @@ def test_search_workers_in_a_job_array_survive_a_killed_worker(cluster, tmp_path
             sampler: {kind: tpe, seed: 0}
             params:
               optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
-            overrides: [trainer.max_steps=600, checkpoint.every_n_train_steps=5]
+            overrides: [trainer.max_steps=150, checkpoint.every_n_train_steps=5]
             """
         )
     )
@@ -456,8 +463,10 @@ def test_search_workers_in_a_job_array_survive_a_killed_worker(cluster, tmp_path
             #!/bin/bash
             #SBATCH --array=0-1 --cpus-per-task=1 --time=10
             #SBATCH --output={tmp_path}/worker_%a.out
+            export PYTHONPATH={TESTS}
             srun {BIN}/hdsr-search {space} --trials 3 --storage {journal} -- \\
-                trainer.accelerator=cpu logger=csv data.patches_per_epoch=64 {SMALL} {TINY_NET}
+                trainer.accelerator=cpu logger=csv data.patches_per_epoch=64 {SMALL} {TINY_NET} \\
+                {pace_overrides(0.1)}
             """
         )
     )
