@@ -1,0 +1,414 @@
+"""hdsr commands started the way a shell starts them, minus ~5 CPU-seconds of imports each.
+
+A test process starts one *server* (this file run as a script) that imports torch,
+Lightning, Hydra and hdsr's command modules once and then forks a child per command. The
+child is set up as the shell would have started the console script (its argv, environment,
+working folder, standard streams, ``__main__``, ``sys.path``), calls the function the
+script calls and exits as the interpreter would (non-daemon threads joined, atexit
+handlers run, streams flushed, the exit status of ``sys.exit``, an uncaught error or an
+uncaught Ctrl-C). Everything a command imports lazily (W&B, Optuna, ONNX) it still imports
+itself, and processes a command starts (DDP ranks, search trials, SLURM jobs) are fresh
+interpreters as ever.
+
+What the child cannot be given is what a fresh interpreter reads before its first line:
+variables read at import (torch's, OpenMP's, Lightning's rank variables, PYTHONPATH and
+its sitecustomize) and shell syntax. ``eligible`` sends those commands to bash instead;
+``HDSR_TEST_FRESH_PROCESSES=1`` sends every command there.
+
+The test side (``start``) returns a ``Forked``, which behaves like the ``subprocess.Popen``
+of ``bash -c 'exec cmd'``: ``pid`` is the command's own process (signals reach it),
+``returncode`` is its exit status (negative: the signal that ended it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import glob
+import json
+import locale
+import os
+import re
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+#: imported once by the server: what every hdsr command imports before doing anything
+PRELOAD = (
+    "torch",
+    "lightning.pytorch",
+    "hydra",
+    "torchmetrics",
+    "hdsr.cli",
+    "hdsr.cli.report",
+    "hdsr.cli.upscale",
+    "hdsr.cli.profiling",
+    "hdsr.cli.export",
+    "hdsr.cli.search",
+    "hdsr.training.run",
+)
+#: variables a command may be given that nothing reads before the command runs (the
+#: rest, OMP_*, RANK, SLURM_*, PYTHONPATH..., may be read at import: those commands start
+#: fresh)
+LATE_VARIABLES = re.compile(r"(HDSR_|WANDB_|PYTEST_)\w*|COLUMNS|PATH|PWD")
+#: shell syntax (pipes, redirections, substitutions, braces, globs' home) that only bash
+#: can run as typed
+SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\{}~\n]")
+FRESH = "HDSR_TEST_FRESH_PROCESSES"
+_MAX_REQUEST = 1 << 20
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def _serve(path: str) -> None:
+    for name in PRELOAD:
+        __import__(name)
+    assert "wandb" not in sys.modules  # its import makes a per-process media folder
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(64)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, ("accept", None))
+    while True:
+        for key, _ in selector.select():
+            kind, conn = key.data
+            if kind == "accept":
+                client, _ = listener.accept()
+                selector.register(client, selectors.EVENT_READ, ("request", client))
+            elif kind == "request":
+                selector.unregister(conn)
+                pid = _fork_command(conn, listener, selector)
+                if pid is None:
+                    conn.close()
+                    continue
+                pidfd = os.pidfd_open(pid)
+                selector.register(pidfd, selectors.EVENT_READ, ("exit", (conn, pid)))
+            else:  # a command ended: its status goes to the test waiting for it
+                client, pid = conn
+                selector.unregister(key.fileobj)
+                os.close(key.fd)
+                _, status = os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):
+                    client.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
+                client.close()
+
+
+def _fork_command(conn: socket.socket, listener: socket.socket, selector: Any) -> int | None:
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 3)
+    except OSError:
+        return None
+    if len(fds) != 3 or not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    request = json.loads(data)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        selector.close()
+        listener.close()
+        conn.close()
+        _run_command(request, fds)  # never returns
+    for fd in fds:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        conn.send(json.dumps({"pid": pid}).encode())
+    return pid
+
+
+def _run_command(request: dict, fds: list[int]) -> None:
+    """In the forked child: become the command's process and exit as it would."""
+    status, interrupted = 1, False
+    try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        script = request["argv"][0]
+        sys.argv = list(request["argv"])
+        sys.path[0] = os.path.dirname(script)  # a script's own folder comes first
+        main_module = type(sys)("__main__")
+        main_module.__file__ = script
+        main_module.__spec__ = None
+        main_module.__builtins__ = __builtins__
+        sys.modules["__main__"] = main_module
+        module, _, attr = request["entry"].partition(":")
+        main = getattr(__import__(module, fromlist=[attr]), attr)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    try:
+        status = _exit_status(main())  # the console script: sys.exit(main())
+    except SystemExit as stop:
+        status = _exit_status(stop.code)
+    except KeyboardInterrupt:
+        import traceback
+
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter does
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    if interrupted:  # an uncaught Ctrl-C ends the interpreter by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status)
+
+
+def _exit_status(code: Any) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+# -- the test side ------------------------------------------------------------------------
+
+
+class _Server:
+    """This test process's server, started at its first command."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self.base_env: dict[str, str] = {}
+        self.base_path: list[str] = []
+
+    def env(self, base_env: dict[str, str]) -> dict[str, str]:
+        """The environment the server was started with (``base_env`` before it is)."""
+        return self.base_env if self._proc is not None else base_env
+
+    def address(self, base_env: dict[str, str]) -> str:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start(base_env)
+            assert self._dir is not None
+            return os.path.join(self._dir.name, "s")
+
+    def _start(self, base_env: dict[str, str]) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="hdsr-prefork-")
+        self.base_env = dict(base_env)
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, os.path.join(self._dir.name, "s")],
+            cwd=self._dir.name,
+            env=self.base_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if line != "ready\n":
+            self._proc.wait()
+            raise RuntimeError(f"the prefork server did not start (exit {self._proc.returncode})")
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+_SERVER = _Server()
+_SCRIPTS: dict[str, str] | None = None
+
+
+def _hdsr_scripts() -> dict[str, str]:
+    """hdsr's console scripts: name -> 'module:function'."""
+    global _SCRIPTS
+    if _SCRIPTS is None:
+        from importlib.metadata import entry_points
+
+        _SCRIPTS = {
+            ep.name: ep.value
+            for ep in entry_points(group="console_scripts")
+            if ep.value.startswith("hdsr.")
+        }
+    return _SCRIPTS
+
+
+def eligible(
+    cmd: str, cwd: Path, env: dict[str, str], base_env: dict[str, str]
+) -> list[str] | None:
+    """The argv to fork for ``cmd`` (its script's full path first), or None when bash must
+    run it: shell syntax, not an hdsr command, a glob that matches a file, or a variable
+    that differs from the server's and may be read before the command's first line.
+    ``HDSR_TEST_PREFORK_LOG=<file>`` appends each decision to that file."""
+    argv = _eligible(cmd, cwd, env, base_env)
+    if os.environ.get("HDSR_TEST_PREFORK_LOG"):
+        with open(os.environ["HDSR_TEST_PREFORK_LOG"], "a") as log:
+            log.write(f"{'fork' if argv else 'bash'} {cmd[:200]}\n")
+    return argv
+
+
+def _eligible(
+    cmd: str, cwd: Path, env: dict[str, str], base_env: dict[str, str]
+) -> list[str] | None:
+    """The argv to fork for ``cmd`` (its script's full path first), or None when bash must
+    run it: shell syntax, not an hdsr command, a glob that matches a file, or a variable
+    that differs from the server's and may be read before the command's first line."""
+    if env.get(FRESH) == "1" or SHELL_SYNTAX.search(cmd):
+        return None
+    try:
+        argv = shlex.split(cmd)
+    except ValueError:
+        return None
+    if not argv or argv[0] not in _hdsr_scripts():
+        return None
+    if any(glob.has_magic(a) and glob.glob(a, root_dir=cwd) for a in argv[1:]):
+        return None
+    base_env = _SERVER.env(base_env)
+    changed = {k for k in env.keys() | base_env.keys() if env.get(k) != base_env.get(k)}
+    if any(not LATE_VARIABLES.fullmatch(k) for k in changed):
+        return None
+    script = None
+    for folder in env.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder, argv[0])
+        if os.access(candidate, os.X_OK):
+            script = candidate
+            break
+    if script is None or not Path(script).resolve().is_relative_to(Path(sys.executable).parent):
+        return None  # not this venv's script: let bash find what it finds
+    return [script, *argv[1:]]
+
+
+def start(argv: list[str], cwd: Path, env: dict[str, str], base_env: dict[str, str]) -> Forked:
+    """Fork ``argv`` (from ``eligible``) from the server, output piped as text."""
+    name = Path(argv[0]).name
+    entry = _hdsr_scripts()[name]
+    env = {**env, "PWD": str(Path(cwd).absolute())}  # as bash exports it
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(_SERVER.address(base_env))
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "entry": entry}).encode()
+    try:
+        socket.send_fds(conn, [request], [0, out_w, err_w])
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    reply = json.loads(conn.recv(_MAX_REQUEST) or b"{}")
+    if "pid" not in reply:
+        os.close(out_r)
+        os.close(err_r)
+        conn.close()
+        raise RuntimeError(f"the prefork server did not start {argv}")
+    return Forked(argv, reply["pid"], conn, out_r, err_r)
+
+
+class Forked:
+    """A forked command, used as the ``subprocess.Popen`` of ``bash -c 'exec cmd'`` with
+    ``text=True`` and both outputs piped."""
+
+    def __init__(self, args: list[str], pid: int, conn: socket.socket, out: int, err: int):
+        encoding = locale.getpreferredencoding(False)
+        self.args, self.pid, self.returncode = args, pid, None
+        self.stdin = None
+        self.stdout = open(out, encoding=encoding)  # noqa: SIM115 (closed by communicate)
+        self.stderr = open(err, encoding=encoding)  # noqa: SIM115
+        self._conn = conn
+        self._readers: list[threading.Thread] = []
+        self._read: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    # -- status
+    def _status(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            self._conn.settimeout(timeout)
+            try:
+                data = self._conn.recv(1024)
+            except (TimeoutError, BlockingIOError):
+                return None
+            finally:
+                self._conn.settimeout(None)
+            if not data:
+                raise RuntimeError(f"the prefork server stopped before {self.args[0]} ended")
+            self.returncode = json.loads(data)["status"]
+            self._conn.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._status(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._status(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return code
+
+    # -- output
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[str, str]:
+        assert input is None, "the commands get no input"
+        if not self._readers:
+            for name in ("stdout", "stderr"):
+                thread = threading.Thread(target=self._drain, args=(name,), daemon=True)
+                thread.start()
+                self._readers.append(thread)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._readers:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return "".join(self._read["stdout"]), "".join(self._read["stderr"])
+
+    def _drain(self, name: str) -> None:
+        stream = getattr(self, name)
+        while chunk := stream.read(65536):
+            self._read[name].append(chunk)
+        stream.close()
+
+    # -- signals
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Forked:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for stream in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.wait()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
