@@ -6,9 +6,6 @@ import os
 
 import pytest
 
-#: torch's thread count before the parallel suite set it to one
-DEFAULT_THREADS = os.cpu_count() or 1
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core (pytest-xdist). torch's default of one thread
     # per core in every worker, and in every hdsr-train it starts, oversubscribes the
@@ -53,17 +50,3 @@ def model_configs():
         for opt in MODEL_OPTIONS
         for s in (2, 3, 4)
     }
-
-
-@pytest.fixture
-def default_threads():
-    """torch's default thread count (one per core) for the test, as a user's process has.
-
-    oneDNN picks its convolution algorithms by thread count; a test whose float32
-    tolerance was set on the default algorithms runs with them under the parallel suite."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(DEFAULT_THREADS)
-    yield
-    torch.set_num_threads(before)
