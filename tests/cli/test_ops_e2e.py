@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.callbacks import PACE_ENV, pace_overrides
 from helpers.commands import read_csv, run, run_here, start, wandb_records
 
 pytestmark = pytest.mark.slow
@@ -208,12 +209,12 @@ def test_killed_run_checkpoints_exits_nonzero_and_resumes_exactly(
 ):
     """Stopped by a signal and resumed, the run ends bitwise where the uninterrupted one
     does; with EMA both weight sets do (the average and the trained weights)."""
-    steps = 300  # 37.5 epochs of 8 steps: the signal arrives well before the end
+    steps = 64  # 8 epochs of 8 steps, 0.25 s of sleep each: the signal comes well before
     cmd = f"hdsr-train trainer.max_steps={steps} {RESUME} {ema}"
     cut_dir = tmp_path / "cut"
     cut_dir.mkdir()
     ckpt = cut_dir / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
-    proc = start(cmd, cut_dir)
+    proc = start(f"{cmd} {pace_overrides(0.25)}", cut_dir, **PACE_ENV)
     _wait_for(ckpt, proc)  # the end of epoch 1: training is under way
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -240,6 +241,7 @@ def test_slurm_pre_timeout_signal_checkpoints_and_requeues(tmp_path):
     (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     (fake / "scontrol").chmod(0o755)
     env = {
+        **PACE_ENV,
         "SLURM_JOB_ID": "4242",
         "SLURM_NTASKS": "1",
         "SLURM_JOB_NAME": "hdsr-test",
@@ -249,7 +251,8 @@ def test_slurm_pre_timeout_signal_checkpoints_and_requeues(tmp_path):
         "SLURM_NODELIST": "localhost",
         "SLURM_JOB_NUM_NODES": "1",
     }
-    cmd = f"env PATH={fake}:$PATH hdsr-train trainer.max_steps=200 {RESUME} {EVERY_STEP}"
+    paced = pace_overrides(0.25)  # 60 steps of 0.25 s: the signals come while it trains
+    cmd = f"env PATH={fake}:$PATH hdsr-train trainer.max_steps=60 {RESUME} {EVERY_STEP} {paced}"
     proc = start(cmd, tmp_path, **env)
     ckpt = tmp_path / "runs" / "hdsrnet_x2_s0" / "checkpoints" / "last.ckpt"
     _wait_for(ckpt, proc)
@@ -260,7 +263,7 @@ def test_slurm_pre_timeout_signal_checkpoints_and_requeues(tmp_path):
     # the stop's save says it writes the whole state (no "defaulting to False" line)
     assert "weights_only` was not set" not in out + err
     step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
-    assert 0 < step < 200
+    assert 0 < step < 60
     # the requeued job runs the same command and picks the checkpoint up
     back = run(f"hdsr-train trainer.max_steps={step + 2} {RESUME} {EVERY_STEP}", tmp_path, **env)
     assert back.returncode == 0 and "resuming from" in back.stdout

@@ -149,7 +149,10 @@ def test_a_killed_search_resumes_its_study_and_the_interrupted_trial(tmp_path):
     def trial_1_checkpointed():
         if not journal.is_file():
             return None
-        trials = load(journal).get_trials(deepcopy=False)
+        try:
+            trials = load(journal).get_trials(deepcopy=False)
+        except KeyError:  # the journal is there, the study's record not yet
+            return None
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         return complete and (run_1 / "checkpoints" / "last.ckpt").is_file()
 

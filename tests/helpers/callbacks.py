@@ -4,6 +4,7 @@ override (``+callbacks.<name>={_target_: ..., ...}``), built by the callbacks gr
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -25,6 +26,10 @@ def callback_overrides(name: str, callback: Any) -> list[str]:
         f"+callbacks.{name}._target_=helpers.callbacks.registered",
         f"+callbacks.{name}.key={key}",
     ]
+
+
+#: the environment a paced command needs: ``helpers`` importable
+PACE_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def pace_overrides(seconds: float) -> str:

@@ -37,8 +37,9 @@ def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedP
     hdsr command is forked from an interpreter that has imported it already (``prefork``):
     the same process, output and exit status without ~5 CPU-seconds of imports."""
     environ = user_env(**env)
-    argv = prefork.eligible(cmd, cwd, environ, user_env())
-    if argv is None:
+    argv = prefork.eligible(cmd, cwd, environ)
+    proc = None if argv is None else prefork.start(argv, cwd, environ)
+    if proc is None:
         return subprocess.run(
             ["bash", "-c", cmd],
             cwd=cwd,
@@ -47,7 +48,7 @@ def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedP
             text=True,
             timeout=timeout,
         )
-    with prefork.start(argv, cwd, environ, user_env()) as proc:
+    with proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -61,9 +62,10 @@ def start(cmd: str, cwd: Path, **env) -> subprocess.Popen | prefork.Forked:
     """Start ``cmd`` as ``run`` would (its own process, so signals reach it), output piped."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     environ = user_env(**env)
-    argv = prefork.eligible(cmd, cwd, environ, user_env())
-    if argv is not None:
-        return prefork.start(argv, cwd, environ, user_env())
+    argv = prefork.eligible(cmd, cwd, environ)
+    proc = None if argv is None else prefork.start(argv, cwd, environ)
+    if proc is not None:
+        return proc
     return subprocess.Popen(
         ["bash", "-c", f"exec {cmd}"],
         cwd=cwd,

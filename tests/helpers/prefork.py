@@ -10,10 +10,11 @@ uncaught Ctrl-C). Everything a command imports lazily (W&B, Optuna, ONNX) it sti
 itself, and processes a command starts (DDP ranks, search trials, SLURM jobs) are fresh
 interpreters as ever.
 
-What the child cannot be given is what a fresh interpreter reads before its first line:
-variables read at import (torch's, OpenMP's, Lightning's rank variables, PYTHONPATH and
-its sitecustomize) and shell syntax. ``eligible`` sends those commands to bash instead;
-``HDSR_TEST_FRESH_PROCESSES=1`` sends every command there.
+What a fresh interpreter reads before its first line the child cannot be given: a command
+is forked from a server started with the same variables (torch's, OpenMP's, Lightning's
+rank variables..., all but ``LATE_VARIABLES``), one server per such environment, and
+commands with shell syntax or a sitecustomize on PYTHONPATH go to bash (``eligible``), as
+do all with ``HDSR_TEST_FRESH_PROCESSES=1``.
 
 The test side (``start``) returns a ``Forked``, which behaves like the ``subprocess.Popen``
 of ``bash -c 'exec cmd'``: ``pid`` is the command's own process (signals reach it),
@@ -55,10 +56,10 @@ PRELOAD = (
     "hdsr.cli.search",
     "hdsr.training.run",
 )
-#: variables a command may be given that nothing reads before the command runs (the
-#: rest, OMP_*, RANK, SLURM_*, PYTHONPATH..., may be read at import: those commands start
-#: fresh)
-LATE_VARIABLES = re.compile(r"(HDSR_|WANDB_|PYTEST_)\w*|COLUMNS|PATH|PWD")
+#: variables that nothing reads before a command's first line: the child sets them (the
+#: rest, OMP_*, RANK, SLURM_*..., may be read at import: the server is started with
+#: them); PYTHONPATH's folders the child puts on sys.path where the interpreter would
+LATE_VARIABLES = re.compile(r"(HDSR_|WANDB_|PYTEST_)\w*|COLUMNS|PATH|PWD|PYTHONPATH")
 #: shell syntax (pipes, redirections, substitutions, braces, globs' home) that only bash
 #: can run as typed
 SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\{}~\n]")
@@ -141,7 +142,8 @@ def _run_command(request: dict, fds: list[int]) -> None:
         os.environ.update(request["env"])
         script = request["argv"][0]
         sys.argv = list(request["argv"])
-        sys.path[0] = os.path.dirname(script)  # a script's own folder comes first
+        # a script's own folder comes first, then PYTHONPATH's (the server has none)
+        sys.path[0:1] = [os.path.dirname(script), *_pythonpath(request["env"])]
         main_module = type(sys)("__main__")
         main_module.__file__ = script
         main_module.__spec__ = None
@@ -179,6 +181,10 @@ def _run_command(request: dict, fds: list[int]) -> None:
     os._exit(status)
 
 
+def _pythonpath(env: dict[str, str]) -> list[str]:
+    return [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 def _exit_status(code: Any) -> int:
     if code is None:
         return 0
@@ -192,33 +198,32 @@ def _exit_status(code: Any) -> int:
 
 
 class _Server:
-    """This test process's server, started at its first command."""
+    """A server whose interpreter was started with ``env``, started at its first command."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._dir: tempfile.TemporaryDirectory | None = None
-        self.base_env: dict[str, str] = {}
-        self.base_path: list[str] = []
+        self.env = dict(env)
+        self.asked = 0
 
-    def env(self, base_env: dict[str, str]) -> dict[str, str]:
-        """The environment the server was started with (``base_env`` before it is)."""
-        return self.base_env if self._proc is not None else base_env
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
 
-    def address(self, base_env: dict[str, str]) -> str:
+    def address(self) -> str:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
-                self._start(base_env)
+                self._start()
             assert self._dir is not None
             return os.path.join(self._dir.name, "s")
 
-    def _start(self, base_env: dict[str, str]) -> None:
+    def _start(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="hdsr-prefork-")
-        self.base_env = dict(base_env)
         self._proc = subprocess.Popen(
             [sys.executable, __file__, os.path.join(self._dir.name, "s")],
             cwd=self._dir.name,
-            env=self.base_env,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -238,8 +243,35 @@ class _Server:
             self._dir.cleanup()
 
 
-_SERVER = _Server()
+#: this test process's servers, by the variables their interpreters read at start-up
+_SERVERS: dict[frozenset[tuple[str, str]], _Server] = {}
+#: servers started in one test process at most: commands of other start-up environments
+#: go to bash
+MAX_SERVERS = 3
 _SCRIPTS: dict[str, str] | None = None
+
+
+def startup_env(env: dict[str, str]) -> dict[str, str]:
+    """What of ``env`` an interpreter may read before a command's first line: all but
+    ``LATE_VARIABLES`` (which the child sets itself)."""
+    return {k: v for k, v in env.items() if not LATE_VARIABLES.fullmatch(k)}
+
+
+def server_for(env: dict[str, str]) -> _Server | None:
+    """The server for a command run with ``env`` (one started with the same start-up
+    variables), or None where bash should run it: a second server starts at the second
+    command that needs it (a server costs more than one fresh command), and no more than
+    ``MAX_SERVERS`` start."""
+    key = frozenset(startup_env(env).items())
+    if key not in _SERVERS:
+        _SERVERS[key] = _Server(startup_env(env))
+    server = _SERVERS[key]
+    server.asked += 1
+    if not server.started:
+        started = sum(s.started for s in _SERVERS.values())
+        if started >= MAX_SERVERS or (started and server.asked < 2):
+            return None
+    return server
 
 
 def _hdsr_scripts() -> dict[str, str]:
@@ -256,26 +288,19 @@ def _hdsr_scripts() -> dict[str, str]:
     return _SCRIPTS
 
 
-def eligible(
-    cmd: str, cwd: Path, env: dict[str, str], base_env: dict[str, str]
-) -> list[str] | None:
-    """The argv to fork for ``cmd`` (its script's full path first), or None when bash must
-    run it: shell syntax, not an hdsr command, a glob that matches a file, or a variable
-    that differs from the server's and may be read before the command's first line.
+def eligible(cmd: str, cwd: Path, env: dict[str, str]) -> list[str] | None:
+    """The argv to fork for ``cmd`` run with ``env`` (its script's full path first), or
+    None when bash must run it: shell syntax, not this venv's hdsr command, a glob that
+    matches a file, a sitecustomize on PYTHONPATH.
     ``HDSR_TEST_PREFORK_LOG=<file>`` appends each decision to that file."""
-    argv = _eligible(cmd, cwd, env, base_env)
+    argv = _eligible(cmd, cwd, env)
     if os.environ.get("HDSR_TEST_PREFORK_LOG"):
         with open(os.environ["HDSR_TEST_PREFORK_LOG"], "a") as log:
             log.write(f"{'fork' if argv else 'bash'} {cmd[:200]}\n")
     return argv
 
 
-def _eligible(
-    cmd: str, cwd: Path, env: dict[str, str], base_env: dict[str, str]
-) -> list[str] | None:
-    """The argv to fork for ``cmd`` (its script's full path first), or None when bash must
-    run it: shell syntax, not an hdsr command, a glob that matches a file, or a variable
-    that differs from the server's and may be read before the command's first line."""
+def _eligible(cmd: str, cwd: Path, env: dict[str, str]) -> list[str] | None:
     if env.get(FRESH) == "1" or SHELL_SYNTAX.search(cmd):
         return None
     try:
@@ -286,10 +311,9 @@ def _eligible(
         return None
     if any(glob.has_magic(a) and glob.glob(a, root_dir=cwd) for a in argv[1:]):
         return None
-    base_env = _SERVER.env(base_env)
-    changed = {k for k in env.keys() | base_env.keys() if env.get(k) != base_env.get(k)}
-    if any(not LATE_VARIABLES.fullmatch(k) for k in changed):
-        return None
+    for folder in _pythonpath(env):
+        if any(Path(folder, f"{m}.py").exists() for m in ("sitecustomize", "usercustomize")):
+            return None  # imported by a fresh interpreter before anything else
     script = None
     for folder in env.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(folder, argv[0])
@@ -301,13 +325,16 @@ def _eligible(
     return [script, *argv[1:]]
 
 
-def start(argv: list[str], cwd: Path, env: dict[str, str], base_env: dict[str, str]) -> Forked:
-    """Fork ``argv`` (from ``eligible``) from the server, output piped as text."""
-    name = Path(argv[0]).name
-    entry = _hdsr_scripts()[name]
+def start(argv: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
+    """Fork ``argv`` (from ``eligible``) with ``env`` from a server, output piped as text;
+    None when this process has no server to spare for that start-up environment."""
+    server = server_for(env)
+    if server is None:
+        return None
+    entry = _hdsr_scripts()[Path(argv[0]).name]
     env = {**env, "PWD": str(Path(cwd).absolute())}  # as bash exports it
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.connect(_SERVER.address(base_env))
+    conn.connect(server.address())
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "entry": entry}).encode()
