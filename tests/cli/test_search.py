@@ -4,6 +4,7 @@ pruning, and the refusal of bad search spaces."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ optuna = pytest.importorskip("optuna")
 
 from hdsr import search  # noqa: E402
 from hdsr.cli.search import main as search_main  # noqa: E402
-from helpers.commands import BIN  # noqa: E402
+from helpers.commands import run, start  # noqa: E402
+from helpers.prefork import Forked  # noqa: E402
 
 #: tiny trials on the demo data (as in test_train_e2e.py): seconds each, most of it imports
 TINY = [
@@ -62,16 +64,9 @@ def load(journal: Path, study: str = "tiny"):
     return optuna.load_study(study_name=study, storage=storage)
 
 
-def worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def start_worker(cwd: Path, args: list[str], out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hdsr.cli.search", *args]
-    with open(out, "w") as f:
-        return subprocess.Popen(cmd, cwd=cwd, env=worker_env(), stdout=f, stderr=subprocess.STDOUT)
+def start_worker(cwd: Path, args: list[str], out: Path) -> subprocess.Popen | Forked:
+    """An hdsr-search worker as a user starts one, both outputs written to ``out``."""
+    return start(f"hdsr-search {shlex.join(args)}", cwd, output=out)
 
 
 def counted(study) -> list:
@@ -168,14 +163,7 @@ def test_a_killed_search_resumes_its_study_and_the_interrupted_trial(tmp_path):
     reported_before = dict(before[1].intermediate_values)
     assert reported_before  # validated at least once before the kill
 
-    again = subprocess.run(
-        [sys.executable, "-m", "hdsr.cli.search", *args],
-        cwd=tmp_path,
-        env=worker_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run(f"hdsr-search {shlex.join(args)}", tmp_path, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     study = load(journal)
     trials = study.get_trials()
@@ -206,14 +194,7 @@ def test_a_search_whose_trials_all_failed_exits_non_zero(tmp_path):
     missing = tmp_path / "no_such_DIV2K"
     args = [str(space), "--storage", str(tmp_path / "study.journal"), "--trials", "2", "--"]
     args += [*TINY, "data=div2k", f"data.root={missing}", f"data.benchmark_root={missing}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "hdsr.cli.search", *args],
-        cwd=tmp_path,
-        env=worker_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run(f"hdsr-search {shlex.join(args)}", tmp_path, timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 of 2 trials: 0 complete, 0 pruned, 2 failed" in proc.stdout
     assert "every trial failed" in proc.stderr
@@ -481,9 +462,7 @@ def test_without_optuna_the_error_names_the_extra(tmp_path, monkeypatch, capsys)
 def _journal_of_two_trials(path: Path) -> None:
     """The journal of study ``tiny`` (space_file's) holding two complete trials, its last
     record a study attribute."""
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(path))
-    )
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
     dists = {
         "optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),

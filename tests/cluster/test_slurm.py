@@ -488,7 +488,11 @@ def test_search_workers_in_a_job_array_survive_a_killed_worker(cluster, tmp_path
         """A RUNNING trial whose run has written a checkpoint: (trial, its worker's pid)."""
         if not journal.exists():
             return None
-        for t in study().get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        try:
+            running = study().get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:  # the journal is there, the study's record not yet
+            return None
+        for t in running:
             ckpt = tmp_path / "runs" / "search" / "tiny" / f"trial_{t.number}" / "checkpoints"
             if WORKER_PID in t.system_attrs and (ckpt / "last.ckpt").exists():
                 return t.number, int(t.system_attrs[WORKER_PID])

@@ -23,10 +23,17 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: the environment this test process started with (conftest's thread settings included):
+#: what in-process tests set since (PL_GLOBAL_SEED from a seed_everything, Lightning's
+#: and torch's import-time variables) does not leak into the commands
+_SESSION_ENV = dict(os.environ)
+
+
 def user_env(**env: str) -> dict[str, str]:
-    """A user's environment for the commands: this venv's scripts first on PATH, no W&B
-    key or setting (so W&B runs offline), 120 columns; ``env`` on top."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    """A user's environment for the commands: the test process's at its start, this
+    venv's scripts first on PATH, no W&B key or setting (so W&B runs offline), 120
+    columns; ``env`` on top."""
+    environ = {k: v for k, v in _SESSION_ENV.items() if not k.startswith("WANDB_")}
     environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120")
     environ.update(env)
     return environ
@@ -58,22 +65,29 @@ def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedP
     return subprocess.CompletedProcess(["bash", "-c", cmd], proc.returncode, out, err)
 
 
-def start(cmd: str, cwd: Path, **env) -> subprocess.Popen | prefork.Forked:
-    """Start ``cmd`` as ``run`` would (its own process, so signals reach it), output piped."""
+def start(
+    cmd: str, cwd: Path, output: Path | None = None, **env
+) -> subprocess.Popen | prefork.Forked:
+    """Start ``cmd`` as ``run`` would (its own process, so signals reach it), output piped
+    or, both streams, written to the file ``output``."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     environ = user_env(**env)
     argv = prefork.eligible(cmd, cwd, environ)
-    proc = None if argv is None else prefork.start(argv, cwd, environ)
-    if proc is not None:
-        return proc
-    return subprocess.Popen(
-        ["bash", "-c", f"exec {cmd}"],
-        cwd=cwd,
-        env=environ,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    with contextlib.ExitStack() as files:
+        log = None if output is None else files.enter_context(open(output, "w"))
+        proc = None
+        if argv is not None:
+            proc = prefork.start(argv, cwd, environ, None if log is None else log.fileno())
+        if proc is not None:
+            return proc
+        return subprocess.Popen(
+            ["bash", "-c", f"exec {cmd}"],
+            cwd=cwd,
+            env=environ,
+            text=True,
+            stdout=subprocess.PIPE if log is None else log,
+            stderr=subprocess.PIPE if log is None else subprocess.STDOUT,
+        )
 
 
 def _loggers() -> list[logging.Logger]:

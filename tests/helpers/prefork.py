@@ -65,14 +65,20 @@ LATE_VARIABLES = re.compile(r"(HDSR_|WANDB_|PYTEST_)\w*|COLUMNS|PATH|PWD|PYTHONP
 SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\{}~\n]")
 FRESH = "HDSR_TEST_FRESH_PROCESSES"
 _MAX_REQUEST = 1 << 20
+#: in the server: the variables its imports set
+_SET_BY_IMPORTS: dict[str, str] = {}
 
 
 # -- the server ---------------------------------------------------------------------------
 
 
 def _serve(path: str) -> None:
+    started_with = dict(os.environ)
     for name in PRELOAD:
         __import__(name)
+    # what the imports set (TORCHINDUCTOR_CACHE_DIR...), a fresh command's imports would too
+    global _SET_BY_IMPORTS
+    _SET_BY_IMPORTS = {k: v for k, v in os.environ.items() if k not in started_with}
     assert "wandb" not in sys.modules  # its import makes a per-process media folder
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
@@ -99,9 +105,13 @@ def _serve(path: str) -> None:
                 client, pid = conn
                 selector.unregister(key.fileobj)
                 os.close(key.fd)
-                _, status = os.waitpid(pid, 0)
+                _, status, usage = os.wait4(pid, 0)
+                ended = {
+                    "status": os.waitstatus_to_exitcode(status),
+                    "cpu_s": usage.ru_utime + usage.ru_stime,
+                }
                 with contextlib.suppress(OSError):
-                    client.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
+                    client.send(json.dumps(ended).encode())
                 client.close()
 
 
@@ -139,7 +149,7 @@ def _run_command(request: dict, fds: list[int]) -> None:
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update({**_SET_BY_IMPORTS, **request["env"]})
         script = request["argv"][0]
         sys.argv = list(request["argv"])
         # a script's own folder comes first, then PYTHONPATH's (the server has none)
@@ -249,6 +259,9 @@ _SERVERS: dict[frozenset[tuple[str, str]], _Server] = {}
 #: go to bash
 MAX_SERVERS = 3
 _SCRIPTS: dict[str, str] | None = None
+#: CPU-seconds of the commands this process has forked that have ended (and of the
+#: processes they waited for): what resource.getrusage(RUSAGE_CHILDREN) shows of bash's
+CHILD_CPU_S = 0.0
 
 
 def startup_env(env: dict[str, str]) -> dict[str, str]:
@@ -325,9 +338,12 @@ def _eligible(cmd: str, cwd: Path, env: dict[str, str]) -> list[str] | None:
     return [script, *argv[1:]]
 
 
-def start(argv: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
-    """Fork ``argv`` (from ``eligible``) with ``env`` from a server, output piped as text;
-    None when this process has no server to spare for that start-up environment."""
+def start(
+    argv: list[str], cwd: Path, env: dict[str, str], output: int | None = None
+) -> Forked | None:
+    """Fork ``argv`` (from ``eligible``) with ``env`` from a server, output piped as text
+    or both outputs written to the open file ``output``; None when this process has no
+    server to spare for that start-up environment."""
     server = server_for(env)
     if server is None:
         return None
@@ -335,18 +351,22 @@ def start(argv: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
     env = {**env, "PWD": str(Path(cwd).absolute())}  # as bash exports it
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.connect(server.address())
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    if output is None:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+    else:
+        out_r = err_r = None
+        out_w = err_w = os.dup(output)
     request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "entry": entry}).encode()
     try:
         socket.send_fds(conn, [request], [0, out_w, err_w])
     finally:
-        os.close(out_w)
-        os.close(err_w)
+        for fd in {out_w, err_w}:
+            os.close(fd)
     reply = json.loads(conn.recv(_MAX_REQUEST) or b"{}")
     if "pid" not in reply:
-        os.close(out_r)
-        os.close(err_r)
+        for fd in {out_r, err_r} - {None}:
+            os.close(fd)
         conn.close()
         raise RuntimeError(f"the prefork server did not start {argv}")
     return Forked(argv, reply["pid"], conn, out_r, err_r)
@@ -354,14 +374,18 @@ def start(argv: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
 
 class Forked:
     """A forked command, used as the ``subprocess.Popen`` of ``bash -c 'exec cmd'`` with
-    ``text=True`` and both outputs piped."""
+    ``text=True`` and both outputs piped (``out``/``err``: the pipes' read ends) or sent to
+    a file (None: ``stdout``/``stderr`` are None, ``communicate`` gives None for them)."""
 
-    def __init__(self, args: list[str], pid: int, conn: socket.socket, out: int, err: int):
+    def __init__(
+        self, args: list[str], pid: int, conn: socket.socket, out: int | None, err: int | None
+    ):
         encoding = locale.getpreferredencoding(False)
         self.args, self.pid, self.returncode = args, pid, None
         self.stdin = None
-        self.stdout = open(out, encoding=encoding)  # noqa: SIM115 (closed by communicate)
-        self.stderr = open(err, encoding=encoding)  # noqa: SIM115
+        # closed by communicate or __exit__
+        self.stdout = None if out is None else open(out, encoding=encoding)  # noqa: SIM115
+        self.stderr = None if err is None else open(err, encoding=encoding)  # noqa: SIM115
         self._conn = conn
         self._readers: list[threading.Thread] = []
         self._read: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -378,7 +402,10 @@ class Forked:
                 self._conn.settimeout(None)
             if not data:
                 raise RuntimeError(f"the prefork server stopped before {self.args[0]} ended")
-            self.returncode = json.loads(data)["status"]
+            ended = json.loads(data)
+            self.returncode = ended["status"]
+            global CHILD_CPU_S
+            CHILD_CPU_S += ended["cpu_s"]
             self._conn.close()
         return self.returncode
 
@@ -394,8 +421,11 @@ class Forked:
     # -- output
     def communicate(
         self, input: str | None = None, timeout: float | None = None
-    ) -> tuple[str, str]:
+    ) -> tuple[str | None, str | None]:
         assert input is None, "the commands get no input"
+        if self.stdout is None:  # written to a file
+            self.wait(timeout)
+            return None, None
         if not self._readers:
             for name in ("stdout", "stderr"):
                 thread = threading.Thread(target=self._drain, args=(name,), daemon=True)
@@ -432,8 +462,9 @@ class Forked:
 
     def __exit__(self, *exc: Any) -> None:
         for stream in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
-                stream.close()
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         self.wait()
 
 
