@@ -32,6 +32,7 @@ import os
 import re
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,8 +88,9 @@ def _serve(path: str) -> None:
     sys.stdout.flush()
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, ("accept", None))
-    while True:
-        for key, _ in selector.select():
+    parent = os.getppid()
+    while os.getppid() == parent:  # a test process killed outright leaves no server behind
+        for key, _ in selector.select(timeout=2.0):
             kind, conn = key.data
             if kind == "accept":
                 client, _ = listener.accept()
@@ -113,6 +115,9 @@ def _serve(path: str) -> None:
                 with contextlib.suppress(OSError):
                     client.send(json.dumps(ended).encode())
                 client.close()
+    # the test process is gone without stopping this server: its folder goes with it
+    listener.close()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _fork_command(conn: socket.socket, listener: socket.socket, selector: Any) -> int | None:
@@ -128,7 +133,14 @@ def _fork_command(conn: socket.socket, listener: socket.socket, selector: Any) -
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # the command's process: nothing of the server's stays open in it
+        for key in list(selector.get_map().values()):
+            if isinstance(key.fileobj, socket.socket):
+                key.fileobj.close()
+            else:
+                os.close(key.fd)
+            if key.data[0] == "exit":  # another command's waiting test
+                key.data[1][0].close()
         selector.close()
         listener.close()
         conn.close()
