@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.callbacks import pace_overrides
+from helpers.callbacks import TESTS, pace_overrides
 from helpers.commands import BIN, read_csv, run, start
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -41,8 +41,6 @@ ON_SLURM = (
     "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1"
 )
 METRIC = "val/psnr_y/demo"
-#: the folder holding ``helpers``: on PYTHONPATH, a job's runs can be paced (``pace_overrides``)
-TESTS = Path(__file__).resolve().parents[1]
 
 #: imported by every Python process of a job (PYTHONPATH): records each unpickling that
 #: happens inside torch.load. A weights-only load never calls pickle's find_class; a

@@ -28,8 +28,10 @@ def callback_overrides(name: str, callback: Any) -> list[str]:
     ]
 
 
-#: the environment a paced command needs: ``helpers`` importable
-PACE_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+#: the tests folder: on a command's PYTHONPATH, ``helpers`` (``Pace``) is importable
+TESTS = Path(__file__).resolve().parents[1]
+#: the environment a paced command needs
+PACE_ENV = {"PYTHONPATH": str(TESTS)}
 
 
 def pace_overrides(seconds: float) -> str:

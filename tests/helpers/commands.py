@@ -44,8 +44,7 @@ def run(cmd: str, cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedP
     hdsr command is forked from an interpreter that has imported it already (``prefork``):
     the same process, output and exit status without ~5 CPU-seconds of imports."""
     environ = user_env(**env)
-    argv = prefork.eligible(cmd, cwd, environ)
-    proc = None if argv is None else prefork.start(argv, cwd, environ)
+    proc = prefork.try_start(cmd, cwd, environ)
     if proc is None:
         return subprocess.run(
             ["bash", "-c", cmd],
@@ -72,12 +71,8 @@ def start(
     or, both streams, written to the file ``output``."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     environ = user_env(**env)
-    argv = prefork.eligible(cmd, cwd, environ)
-    with contextlib.ExitStack() as files:
-        log = None if output is None else files.enter_context(open(output, "w"))
-        proc = None
-        if argv is not None:
-            proc = prefork.start(argv, cwd, environ, None if log is None else log.fileno())
+    with open(output, "w") if output is not None else contextlib.nullcontext() as log:
+        proc = prefork.try_start(cmd, cwd, environ, None if log is None else log.fileno())
         if proc is not None:
             return proc
         return subprocess.Popen(

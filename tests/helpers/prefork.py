@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import glob
 import json
 import locale
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +109,9 @@ def _serve(path: str) -> None:
                 client, pid = conn
                 selector.unregister(key.fileobj)
                 os.close(key.fd)
-                _, status, usage = os.wait4(pid, 0)
-                ended = {
-                    "status": os.waitstatus_to_exitcode(status),
-                    "cpu_s": usage.ru_utime + usage.ru_stime,
-                }
+                _, status = os.waitpid(pid, 0)
                 with contextlib.suppress(OSError):
-                    client.send(json.dumps(ended).encode())
+                    client.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
                 client.close()
     # the test process is gone without stopping this server: its folder goes with it
     listener.close()
@@ -270,10 +268,6 @@ _SERVERS: dict[frozenset[tuple[str, str]], _Server] = {}
 #: servers started in one test process at most: commands of other start-up environments
 #: go to bash
 MAX_SERVERS = 3
-_SCRIPTS: dict[str, str] | None = None
-#: CPU-seconds of the commands this process has forked that have ended (and of the
-#: processes they waited for): what resource.getrusage(RUSAGE_CHILDREN) shows of bash's
-CHILD_CPU_S = 0.0
 
 
 def startup_env(env: dict[str, str]) -> dict[str, str]:
@@ -287,10 +281,8 @@ def server_for(env: dict[str, str]) -> _Server | None:
     variables), or None where bash should run it: a second server starts at the second
     command that needs it (a server costs more than one fresh command), and no more than
     ``MAX_SERVERS`` start."""
-    key = frozenset(startup_env(env).items())
-    if key not in _SERVERS:
-        _SERVERS[key] = _Server(startup_env(env))
-    server = _SERVERS[key]
+    wanted = startup_env(env)
+    server = _SERVERS.setdefault(frozenset(wanted.items()), _Server(wanted))
     server.asked += 1
     if not server.started:
         started = sum(s.started for s in _SERVERS.values())
@@ -299,33 +291,27 @@ def server_for(env: dict[str, str]) -> _Server | None:
     return server
 
 
+@functools.cache
 def _hdsr_scripts() -> dict[str, str]:
     """hdsr's console scripts: name -> 'module:function'."""
-    global _SCRIPTS
-    if _SCRIPTS is None:
-        from importlib.metadata import entry_points
+    return {
+        ep.name: ep.value
+        for ep in entry_points(group="console_scripts")
+        if ep.value.startswith("hdsr.")
+    }
 
-        _SCRIPTS = {
-            ep.name: ep.value
-            for ep in entry_points(group="console_scripts")
-            if ep.value.startswith("hdsr.")
-        }
-    return _SCRIPTS
+
+def try_start(cmd: str, cwd: Path, env: dict[str, str], output: int | None = None) -> Forked | None:
+    """``cmd`` forked (``start``) where a fork reproduces it (``eligible``) and a server
+    is to be had; None where bash should run it."""
+    argv = eligible(cmd, cwd, env)
+    return None if argv is None else start(argv, cwd, env, output)
 
 
 def eligible(cmd: str, cwd: Path, env: dict[str, str]) -> list[str] | None:
     """The argv to fork for ``cmd`` run with ``env`` (its script's full path first), or
     None when bash must run it: shell syntax, not this venv's hdsr command, a glob that
-    matches a file, a sitecustomize on PYTHONPATH.
-    ``HDSR_TEST_PREFORK_LOG=<file>`` appends each decision to that file."""
-    argv = _eligible(cmd, cwd, env)
-    if os.environ.get("HDSR_TEST_PREFORK_LOG"):
-        with open(os.environ["HDSR_TEST_PREFORK_LOG"], "a") as log:
-            log.write(f"{'fork' if argv else 'bash'} {cmd[:200]}\n")
-    return argv
-
-
-def _eligible(cmd: str, cwd: Path, env: dict[str, str]) -> list[str] | None:
+    matches a file, a sitecustomize on PYTHONPATH."""
     if env.get(FRESH) == "1" or SHELL_SYNTAX.search(cmd):
         return None
     try:
@@ -414,10 +400,7 @@ class Forked:
                 self._conn.settimeout(None)
             if not data:
                 raise RuntimeError(f"the prefork server stopped before {self.args[0]} ended")
-            ended = json.loads(data)
-            self.returncode = ended["status"]
-            global CHILD_CPU_S
-            CHILD_CPU_S += ended["cpu_s"]
+            self.returncode = json.loads(data)["status"]
             self._conn.close()
         return self.returncode
 
