@@ -192,7 +192,10 @@ def assert_same_weights(got: dict, want: dict) -> None:
 
 
 def test_the_ablation_sweep_is_one_job_array_with_the_local_runs_metrics(cluster, tmp_path):
-    args = f"'model=ablation/*' logger=csv trainer.max_steps=2 {QUICK} {TINY_NET}"
+    # three of the nine variants, by a pattern as users type them: one array task each (the
+    # nine together are test_train_e2e's; nine jobs here would only cost 60 more CPU-seconds
+    # of start-ups)
+    args = f"'model=ablation/r[1-3]*' logger=csv trainer.max_steps=2 {QUICK} {TINY_NET}"
     on_slurm = start(
         f"hdsr-train -m {ON_SLURM} hydra.launcher.timeout_min=10 "
         f"hydra.launcher.array_parallelism=3 {args}",
@@ -208,12 +211,9 @@ def test_the_ablation_sweep_is_one_job_array_with_the_local_runs_metrics(cluster
         tmp_path / "local" / "runs" / "sweep",
     )
     ids = job_ids(sweep)
-    assert len(ids) == 9 and len({i.split("_")[0] for i in ids}) == 1  # one array, nine tasks
+    assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one array, three tasks
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    names = sorted(
-        p.stem for p in (Path(__file__).parents[2] / "conf/model/ablation").glob("*.yaml")
-    )
-    assert jobs == [f"{n}_x2_s0" for n in names]
+    assert jobs == [f"{n}_x2_s0" for n in ("r1_six_conv", "r2_residual_conv", "r3_no_dynamic")]
     for job in jobs:
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert last_val(sweep / job / "csv") == last_val(local_sweep / job / "csv"), job
