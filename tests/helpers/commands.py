@@ -33,7 +33,9 @@ def user_env(**env: str) -> dict[str, str]:
     """A user's environment for the commands: the test process's at its start, this
     venv's scripts first on PATH, no W&B key or setting (so W&B runs offline), 120
     columns; ``env`` on top."""
-    environ = {k: v for k, v in _SESSION_ENV.items() if not k.startswith("WANDB_")}
+    environ = {
+        k: v for k, v in _SESSION_ENV.items() if not k.startswith("WANDB_") and k != prefork.SHARED
+    }
     environ.update(PATH=f"{BIN}{os.pathsep}{environ['PATH']}", COLUMNS="120")
     environ.update(env)
     return environ

@@ -16,6 +16,11 @@ rank variables..., all but ``LATE_VARIABLES``), one server per such environment,
 commands with shell syntax or a sitecustomize on PYTHONPATH go to bash (``eligible``), as
 do all with ``HDSR_TEST_FRESH_PROCESSES=1``.
 
+In a parallel run (``make test``) the workers share their servers: the session's controller
+(conftest) names a folder in ``HDSR_TEST_PREFORK_DIR``, the first worker that needs a server
+for a start-up environment starts it there (the others wait for it and use it), and the
+servers stop with the controller, not with the worker that started them.
+
 The test side (``start``) returns a ``Forked``, which behaves like the ``subprocess.Popen``
 of ``bash -c 'exec cmd'``: ``pid`` is the command's own process (signals reach it),
 ``returncode`` is its exit status (negative: the signal that ended it).
@@ -25,8 +30,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import glob
+import hashlib
 import json
 import locale
 import os
@@ -67,6 +74,8 @@ LATE_VARIABLES = re.compile(r"(HDSR_|WANDB_|PYTEST_)\w*|COLUMNS|PATH|PWD|PYTHONP
 #: can run as typed
 SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\{}~\n]")
 FRESH = "HDSR_TEST_FRESH_PROCESSES"
+#: the folder of the servers a parallel run's workers share (set by the controller)
+SHARED = "HDSR_TEST_PREFORK_DIR"
 _MAX_REQUEST = 1 << 20
 #: in the server: the variables its imports set
 _SET_BY_IMPORTS: dict[str, str] = {}
@@ -75,7 +84,7 @@ _SET_BY_IMPORTS: dict[str, str] = {}
 # -- the server ---------------------------------------------------------------------------
 
 
-def _serve(path: str) -> None:
+def _serve(path: str, watched: int) -> None:
     started_with = dict(os.environ)
     for name in PRELOAD:
         __import__(name)
@@ -88,12 +97,23 @@ def _serve(path: str) -> None:
     listener.listen(64)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    # nothing more to say: the process that read "ready" may end before this server does
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, ("accept", None))
-    parent = os.getppid()
-    while os.getppid() == parent:  # a test process killed outright leaves no server behind
-        for key, _ in selector.select(timeout=2.0):
+    try:  # the test process (or a parallel run's controller): this server ends with it
+        selector.register(os.pidfd_open(watched), selectors.EVENT_READ, ("watched", None))
+    except ProcessLookupError:
+        return
+    while True:
+        for key, _ in selector.select():
             kind, conn = key.data
+            if kind == "watched":  # gone without stopping this server: its folder goes too
+                listener.close()
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+                return
             if kind == "accept":
                 client, _ = listener.accept()
                 selector.register(client, selectors.EVENT_READ, ("request", client))
@@ -113,9 +133,6 @@ def _serve(path: str) -> None:
                 with contextlib.suppress(OSError):
                     client.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
                 client.close()
-    # the test process is gone without stopping this server: its folder goes with it
-    listener.close()
-    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _fork_command(conn: socket.socket, listener: socket.socket, selector: Any) -> int | None:
@@ -218,7 +235,8 @@ def _exit_status(code: Any) -> int:
 
 
 class _Server:
-    """A server whose interpreter was started with ``env``, started at its first command."""
+    """A server whose interpreter was started with ``env``, started at its first command:
+    this process's own, or, in a parallel run, the one its workers share."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self._lock = threading.Lock()
@@ -226,34 +244,58 @@ class _Server:
         self._dir: tempfile.TemporaryDirectory | None = None
         self.env = dict(env)
         self.asked = 0
+        shared = os.environ.get(SHARED)
+        key = hashlib.sha256(json.dumps(sorted(self.env.items())).encode()).hexdigest()[:16]
+        self._shared = Path(shared, key) if shared else None
 
     @property
     def started(self) -> bool:
+        if self._shared is not None:
+            return _alive(self._shared / "pid")
         return self._proc is not None
 
     def address(self) -> str:
         with self._lock:
+            if self._shared is not None:
+                return self._shared_address()
             if self._proc is None or self._proc.poll() is not None:
-                self._start()
+                self._dir = tempfile.TemporaryDirectory(prefix="hdsr-prefork-")
+                self._proc = self._start(os.path.join(self._dir.name, "s"), os.getpid())
+                atexit.register(self.stop)
             assert self._dir is not None
             return os.path.join(self._dir.name, "s")
 
-    def _start(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="hdsr-prefork-")
-        self._proc = subprocess.Popen(
-            [sys.executable, __file__, os.path.join(self._dir.name, "s")],
-            cwd=self._dir.name,
+    def _shared_address(self) -> str:
+        """The shared server's address, started here if no worker has started it yet."""
+        assert self._shared is not None
+        self._shared.mkdir(parents=True, exist_ok=True)
+        address = self._shared / "s"
+        with open(self._shared / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker starting it: wait for it
+            if not _alive(self._shared / "pid"):
+                address.unlink(missing_ok=True)
+                controller = int(Path(self._shared.parent, "controller").read_text())
+                proc = self._start(str(address), controller)
+                (self._shared / "pid").write_text(str(proc.pid))
+        return str(address)
+
+    def _start(self, address: str, watched: int) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, address, str(watched)],
+            cwd=os.path.dirname(address),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        proc.stdout.close()
         if line != "ready\n":
-            self._proc.wait()
-            raise RuntimeError(f"the prefork server did not start (exit {self._proc.returncode})")
-        atexit.register(self.stop)
+            proc.wait()
+            raise RuntimeError(f"the prefork server did not start (exit {proc.returncode})")
+        self._proc = proc
+        return proc
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -261,6 +303,34 @@ class _Server:
             self._proc.wait()
         if self._dir is not None:
             self._dir.cleanup()
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def share_servers() -> None:
+    """In a parallel run's controller: the workers (started after this, with this
+    environment) share their servers in a folder that ``stop_shared_servers`` removes."""
+    folder = tempfile.mkdtemp(prefix="hdsr-prefork-")
+    Path(folder, "controller").write_text(str(os.getpid()))
+    os.environ[SHARED] = folder
+
+
+def stop_shared_servers() -> None:
+    """In the controller, at the end of the run: stop the servers its workers started."""
+    folder = os.environ.pop(SHARED, None)
+    if folder is None:
+        return
+    for pid_file in Path(folder).glob("*/pid"):
+        if _alive(pid_file):
+            with contextlib.suppress(OSError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 #: this test process's servers, by the variables their interpreters read at start-up
@@ -464,4 +534,4 @@ class Forked:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    _serve(sys.argv[1], int(sys.argv[2]))
