@@ -3,8 +3,10 @@ what bash would have started, and only what can be forked is."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+from pathlib import Path
 
 from helpers import prefork
 from helpers.commands import run, start, user_env
@@ -69,3 +71,24 @@ def test_a_variable_read_at_start_up_gets_a_server_started_with_it():
         assert prefork.server_for({**env, name: "7"}) is None, name
         other = prefork.server_for({**env, name: "7"})
         assert other is not server and other.env[name] == "7", name
+
+
+def test_the_workers_of_a_parallel_run_share_one_server(monkeypatch):
+    """Two workers' servers for one start-up environment (two ``_Server`` objects, as two
+    worker processes make them) are one process, which stops with the run."""
+    monkeypatch.delenv(prefork.SHARED, raising=False)  # restored afterwards
+    prefork.share_servers()  # what the controller does before starting its workers
+    folder = Path(os.environ[prefork.SHARED])
+    assert prefork.SHARED not in user_env()  # nothing the commands see
+    env = prefork.startup_env(user_env())
+    first, second = prefork._Server(env), prefork._Server(env)
+    try:
+        assert not first.started
+        assert first.address() == second.address()  # the second worker uses the first's
+        assert first.started and second.started and second._proc is None
+        (pid_file,) = folder.glob("*/pid")
+        assert int(pid_file.read_text()) == first._proc.pid
+    finally:
+        prefork.stop_shared_servers()
+    assert first._proc.wait(timeout=30) == -signal.SIGKILL
+    assert not folder.exists() and prefork.SHARED not in os.environ
