@@ -84,7 +84,8 @@ _SET_BY_IMPORTS: dict[str, str] = {}
 # -- the server ---------------------------------------------------------------------------
 
 
-def _serve(path: str, watched: int) -> None:
+def _serve(path: str, watched: int, folder: str) -> None:
+    """Serve at ``path`` until the process ``watched`` ends, then remove ``folder``."""
     started_with = dict(os.environ)
     for name in PRELOAD:
         __import__(name)
@@ -112,7 +113,7 @@ def _serve(path: str, watched: int) -> None:
             kind, conn = key.data
             if kind == "watched":  # gone without stopping this server: its folder goes too
                 listener.close()
-                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)
                 return
             if kind == "accept":
                 client, _ = listener.accept()
@@ -260,7 +261,8 @@ class _Server:
                 return self._shared_address()
             if self._proc is None or self._proc.poll() is not None:
                 self._dir = tempfile.TemporaryDirectory(prefix="hdsr-prefork-")
-                self._proc = self._start(os.path.join(self._dir.name, "s"), os.getpid())
+                address = os.path.join(self._dir.name, "s")
+                self._proc = self._start(address, os.getpid(), self._dir.name)
                 atexit.register(self.stop)
             assert self._dir is not None
             return os.path.join(self._dir.name, "s")
@@ -274,14 +276,15 @@ class _Server:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another worker starting it: wait for it
             if not _alive(self._shared / "pid"):
                 address.unlink(missing_ok=True)
-                controller = int(Path(self._shared.parent, "controller").read_text())
-                proc = self._start(str(address), controller)
-                (self._shared / "pid").write_text(str(proc.pid))
+                session = self._shared.parent  # removed by whichever server sees the end
+                controller = int(Path(session, "controller").read_text())
+                self._proc = self._start(str(address), controller, str(session))
+                (self._shared / "pid").write_text(str(self._proc.pid))
         return str(address)
 
-    def _start(self, address: str, watched: int) -> subprocess.Popen:
+    def _start(self, address: str, watched: int, folder: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, __file__, address, str(watched)],
+            [sys.executable, __file__, address, str(watched), folder],
             cwd=os.path.dirname(address),
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -294,7 +297,6 @@ class _Server:
         if line != "ready\n":
             proc.wait()
             raise RuntimeError(f"the prefork server did not start (exit {proc.returncode})")
-        self._proc = proc
         return proc
 
     def stop(self) -> None:
@@ -327,9 +329,8 @@ def stop_shared_servers() -> None:
     if folder is None:
         return
     for pid_file in Path(folder).glob("*/pid"):
-        if _alive(pid_file):
-            with contextlib.suppress(OSError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -352,7 +353,10 @@ def server_for(env: dict[str, str]) -> _Server | None:
     command that needs it (a server costs more than one fresh command), and no more than
     ``MAX_SERVERS`` start."""
     wanted = startup_env(env)
-    server = _SERVERS.setdefault(frozenset(wanted.items()), _Server(wanted))
+    key = frozenset(wanted.items())
+    if key not in _SERVERS:
+        _SERVERS[key] = _Server(wanted)
+    server = _SERVERS[key]
     server.asked += 1
     if not server.started:
         started = sum(s.started for s in _SERVERS.values())
@@ -534,4 +538,4 @@ class Forked:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], int(sys.argv[2]))
+    _serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])
