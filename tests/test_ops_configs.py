@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,6 +233,44 @@ def test_a_plain_slurm_job_requeues_itself_at_most_max_requeues_times(
     assert "it has restarted 2 times (slurm.max_requeues=2)" in caplog.text
     with pytest.raises(ValueError, match="max_requeues must be >= 0"):
         GracefulStop("/tmp/x.ckpt", max_requeues=-1)
+
+
+@pytest.fixture
+def requeued_scontrol(scontrol_log):
+    """A scontrol that, like one requeueing the job it runs in, gets the SIGTERM SLURM
+    sends the job's processes before it has exited (it exits 0 if it lives on)."""
+    fake = Path(os.environ["PATH"].split(os.pathsep)[0]) / "scontrol"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {scontrol_log}\nkill -TERM $$\nexit 0\n')
+    return scontrol_log
+
+
+def test_scontrol_requeue_outlives_the_sigterm_of_the_requeue_it_asked_for(
+    requeued_scontrol, monkeypatch, caplog
+):
+    """The requeue is done when SLURM signals the job: the scontrol that asked for it
+    (a process of that job) finishing with SIGTERM is no failure, neither in hdsr's own
+    requeue nor in submitit's handler (which raised CalledProcessError as the job's
+    result, so the sweep failed). SIGTERM's handler is the one it was afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert _stopped_by(signal.SIGUSR1).requeue_if_slurm(is_global_zero=True) is True
+    assert "failed" not in caplog.text
+    assert requeued_scontrol.read_text().split() == ["requeue", "31"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    # submitit's own requeue (check_call of scontrol), as its handler runs it
+    submitit_requeue = signal.signal(
+        signal.SIGUSR2, lambda sig, frame: SlurmJobEnvironment()._requeue(countdown=1)
+    )
+    try:
+        assert _stopped_by(signal.SIGUSR2).requeue_if_slurm(is_global_zero=True) is False
+    finally:
+        signal.signal(signal.SIGUSR2, submitit_requeue)
+    assert requeued_scontrol.read_text().split() == ["requeue", "31"] * 2
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_max_requeues_comes_from_the_slurm_config():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,27 @@ def slurm_requeueing() -> bool:
         return False
     found = re.search(r"\bRestarts=(\d+)", shown.stdout)
     return bool(found) and int(found[1]) > slurm_restarts()
+
+
+@contextlib.contextmanager
+def sigterm_ignored() -> Iterator[None]:
+    """SIGTERM ignored in this process and in the commands it starts meanwhile.
+
+    ``scontrol requeue`` run from inside the job it requeues is one of that job's
+    processes, and SLURM sends SIGTERM to all of them as it requeues the job: when that
+    signal came before scontrol had exited (a loaded controller or node), scontrol died of
+    it although the requeue was done, and submitit's handler raised ``CalledProcessError``
+    as the job's result, so the sweep failed. An ignored signal stays ignored across
+    exec (scontrol installs no SIGTERM handler), so scontrol finishes with its own exit
+    status. Only the main thread can change a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def slurm_job_id() -> str | None:
@@ -195,7 +219,8 @@ class GracefulStop(L.Callback):
                     self.ckpt_path,
                     job,
                 )
-                handler(self.received, None)  # submitit's: requeues and exits on rank 0
+                with sigterm_ignored():  # submitit's: requeues and exits on rank 0
+                    handler(self.received, None)
             return False
         if not is_global_zero:
             return False
@@ -210,7 +235,14 @@ class GracefulStop(L.Callback):
                 self.ckpt_path,
             )
             return False
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        try:
+            with sigterm_ignored():
+                result = subprocess.run(
+                    ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+                )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            log.error("scontrol requeue %s failed: %s", job, err)
+            return False
         if result.returncode != 0:
             log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
             return False
