@@ -13,7 +13,7 @@ import torch
 from hdsr.data.datamodule import SRDataModule
 from hdsr.data.datasets import PatchSampler, ShardSampler
 from hdsr.models import HDSRNet
-from hdsr.training.callbacks import GracefulStop, slurm_job_id
+from hdsr.training.callbacks import GracefulStop, slurm_job_id, slurm_requeueing
 from hdsr.training.module import SRModule
 from helpers.configs import compose
 
@@ -181,15 +181,21 @@ def _stopped_by(sig: int, ckpt: str = "/tmp/x.ckpt", **kwargs) -> GracefulStop:
     return stop
 
 
+def write_scontrol(log: Path, then: str = "") -> None:
+    """The fake scontrol of ``scontrol_log``: records its arguments in ``log`` (one line
+    per call), then runs the shell lines ``then``."""
+    script = log.parent / "bin" / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\n{then}')
+    script.chmod(0o755)
+
+
 @pytest.fixture
 def scontrol_log(tmp_path, monkeypatch):
     """A scontrol on PATH that records its arguments (one line per call)."""
     log = tmp_path / "scontrol.log"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
-    (fake / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "bin").mkdir()
+    write_scontrol(log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "31")
@@ -238,9 +244,9 @@ def test_a_plain_slurm_job_requeues_itself_at_most_max_requeues_times(
 @pytest.fixture
 def requeued_scontrol(scontrol_log):
     """A scontrol that, like one requeueing the job it runs in, gets the SIGTERM SLURM
-    sends the job's processes before it has exited (it exits 0 if it lives on)."""
-    fake = Path(os.environ["PATH"].split(os.pathsep)[0]) / "scontrol"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {scontrol_log}\nkill -TERM $$\nexit 0\n')
+    sends the job's processes before it has exited (if it lives on, it answers as for a
+    job requeued once and exits 0)."""
+    write_scontrol(scontrol_log, then="kill -TERM $$\necho 'JobId=31 Restarts=1'\nexit 0\n")
     return scontrol_log
 
 
@@ -270,6 +276,9 @@ def test_scontrol_requeue_outlives_the_sigterm_of_the_requeue_it_asked_for(
     finally:
         signal.signal(signal.SIGUSR2, submitit_requeue)
     assert requeued_scontrol.read_text().split() == ["requeue", "31"] * 2
+    assert signal.getsignal(signal.SIGTERM) == before
+    # and the look at the job's restarts that follows a stop (after_stop) gets its answer
+    assert slurm_requeueing() is True
     assert signal.getsignal(signal.SIGTERM) == before
 
 

@@ -47,23 +47,32 @@ def slurm_requeueing() -> bool:
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
-    try:
-        shown = subprocess.run(
-            ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    found = re.search(r"\bRestarts=(\d+)", shown.stdout)
+    _, shown, _ = scontrol("show", "job", job, timeout=30)
+    found = re.search(r"\bRestarts=(\d+)", shown)
     return bool(found) and int(found[1]) > slurm_restarts()
+
+
+def scontrol(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """``scontrol ARGS`` run from inside a job, with SIGTERM ignored (``sigterm_ignored``):
+    (exit status, output, error text); one that cannot start or does not answer within
+    ``timeout`` seconds is (-1, "", why)."""
+    try:
+        with sigterm_ignored():
+            done = subprocess.run(
+                ["scontrol", *args], capture_output=True, text=True, timeout=timeout
+            )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return -1, "", str(err)
+    return done.returncode, done.stdout, done.stderr.strip()
 
 
 @contextlib.contextmanager
 def sigterm_ignored() -> Iterator[None]:
     """SIGTERM ignored in this process and in the commands it starts meanwhile.
 
-    ``scontrol requeue`` run from inside the job it requeues is one of that job's
-    processes, and SLURM sends SIGTERM to all of them as it requeues the job: when that
-    signal came before scontrol had exited (a loaded controller or node), scontrol died of
+    An scontrol run from inside a job is one of that job's processes, and SLURM sends
+    SIGTERM to all of them as it requeues (or preempts) the job: when that signal came
+    before ``scontrol requeue`` had exited (a loaded controller or node), scontrol died of
     it although the requeue was done, and submitit's handler raised ``CalledProcessError``
     as the job's result, so the sweep failed. An ignored signal stays ignored across
     exec (scontrol installs no SIGTERM handler), so scontrol finishes with its own exit
@@ -235,16 +244,9 @@ class GracefulStop(L.Callback):
                 self.ckpt_path,
             )
             return False
-        try:
-            with sigterm_ignored():
-                result = subprocess.run(
-                    ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
-                )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            log.error("scontrol requeue %s failed: %s", job, err)
-            return False
-        if result.returncode != 0:
-            log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
+        code, _, why = scontrol("requeue", job)
+        if code != 0:
+            log.error("scontrol requeue %s failed: %s", job, why)
             return False
         log.warning("requeued SLURM job %s; it will resume from %s", job, self.ckpt_path)
         return True
